@@ -1,0 +1,25 @@
+"""One exception family for every problem caused by user input (data, config, checkpoint).
+
+Front doors (CLI, pipelines) catch `LookalikeError` and print its message alone, without a traceback:
+the message itself must say what is wrong, where, and how to fix it.
+"""
+
+
+class LookalikeError(Exception):
+    """Base of all user-facing errors: the message is the whole explanation."""
+
+
+class DatasetError(LookalikeError):
+    """The dataset CSV or its images cannot be used as they are."""
+
+
+class SamplerError(LookalikeError):
+    """The data cannot satisfy the batch sampler's constraints (too few labels or instances)."""
+
+
+class CheckpointError(LookalikeError):
+    """A checkpoint file is missing, corrupt, unsafe or does not match the model."""
+
+
+class ConfigError(LookalikeError):
+    """A config has an unknown key, a wrong type or an unknown component name."""
