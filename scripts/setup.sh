@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv (if missing) and install lookalike with every optional extra and the pinned torch/torchvision.
+# Idempotent: a second run only re-checks the installed versions.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[all,dev]" 2>&1 \
+    | grep -v -E "is ignored: it is neither a file nor a directory" || true
+.venv/bin/python -c "import torch, torchvision, lookalike; print(f'lookalike {lookalike.__version__} ready (torch {torch.__version__}, torchvision {torchvision.__version__})')"
