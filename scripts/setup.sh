@@ -7,6 +7,14 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[all,dev]" 2>&1 \
-    | grep -v -E "is ignored: it is neither a file nor a directory" || true
+# (this machine's pip config names local indexes that do not hold every package: that noise is filtered out)
+log=$(mktemp)
+if ! .venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[all,dev]" >"$log" 2>&1; then
+    grep -v -E "is ignored: it is neither a file nor a directory" "$log" >&2 || true
+    rm -f "$log"
+    echo "setup: pip install failed (see the messages above)" >&2
+    exit 1
+fi
+grep -v -E "is ignored: it is neither a file nor a directory" "$log" || true
+rm -f "$log"
 .venv/bin/python -c "import torch, torchvision, lookalike; print(f'lookalike {lookalike.__version__} ready (torch {torch.__version__}, torchvision {torchvision.__version__})')"
