@@ -1,0 +1,5 @@
+"""Criteria: ``criterion(features, labels) -> loss`` with mining or a classification head inside."""
+
+from lookalike.losses.triplet import TripletLoss, TripletLossWithMiner
+
+__all__ = ["TripletLoss", "TripletLossWithMiner"]
