@@ -29,7 +29,7 @@ def _triplet_terms(d_ap: Tensor, d_an: Tensor, margin: float | None) -> Tensor:
 
 def _reduce(per_triplet: Tensor, reduction: str, anchor: Tensor) -> Tensor:
     if len(per_triplet) == 0:  # no triplet: a zero that stays connected to the graph
-        zero = anchor.sum() * 0.0
+        zero = anchor.sum() * 0.0 + 0.0  # (+ 0.0 turns a -0.0 into 0.0)
         return zero.expand(0) if reduction == "none" else zero
     if reduction == "mean":
         return per_triplet.mean()
