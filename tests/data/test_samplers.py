@@ -32,7 +32,7 @@ def check_chunks(batch: list[int], labels: np.ndarray, n_groups: int, k: int) ->
         n_items = int((labels == label).sum())
         # distinct where possible: min(n, k) distinct items, each repeated at most ceil(k / n) times
         assert len(set(chunk.tolist())) == min(n_items, k)
-        assert max(Counter(chunk.tolist()).values()) == -(-k // n_items) if n_items < k else 1
+        assert max(Counter(chunk.tolist()).values()) == (-(-k // n_items) if n_items < k else 1)
         chunk_labels.append(label)
     return chunk_labels
 
@@ -235,7 +235,7 @@ def brute_max_batches(groups: tuple[int, ...], c: int) -> int:
 def test_distinct_category_epoch_length_is_optimal():
     rng = np.random.default_rng(0)
     for _ in range(25):
-        n_cat, c, p = int(rng.integers(2, 5)), 0, int(rng.integers(1, 3))
+        n_cat, p = int(rng.integers(2, 5)), int(rng.integers(1, 3))
         c = int(rng.integers(1, n_cat + 1))
         if c * p < 2:
             p = 2
