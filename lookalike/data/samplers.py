@@ -197,7 +197,10 @@ class BalanceSampler(_PlannedBatchSampler):
 
 
 class _CategorySamplerBase(_PlannedBatchSampler):
-    """Shared validation for the category samplers: label -> category lookup and the C / P / K checks."""
+    """Shared validation for the category samplers: label -> category lookup and the C / P / K checks.
+
+    ``label2category`` maps every label of ``labels`` to its category; categories are compared as strings.
+    """
 
     def __init__(
         self,
@@ -369,6 +372,8 @@ class DistinctCategoryBalanceSampler(_CategorySamplerBase):
         batches = []
         for _ in range(self._n_batches):
             picked = np.lexsort((rng.random(len(left)), -left))[:c_per_batch]
+            if left[picked].min() <= 0:  # cannot happen: greedy largest-first reaches the epoch length rule
+                raise RuntimeError("DistinctCategoryBalanceSampler: internal error in the epoch plan")
             batches.append(np.concatenate([queues[c][used[c] * p : (used[c] + 1) * p] for c in picked]))
             left[picked] -= 1
             used[picked] += 1
