@@ -170,7 +170,6 @@ CRITERIA_REGISTRY = Registry(
     "criterion",
     _entries(
         {
-            "triplet": "lookalike.losses.triplet:TripletLoss",
             "triplet_with_miner": "lookalike.losses.triplet:TripletLossWithMiner",
             "arcface": "lookalike.losses.arcface:ArcFaceLoss",
             "arcface_with_mlp": "lookalike.losses.arcface:ArcFaceLossWithMLP",

@@ -1,0 +1,169 @@
+"""Components built from resolved config blocks, with the sizes the pipeline infers from data and model.
+
+Each builder takes the resolved config (see ``lookalike.pipelines.config``) and plain values (labels, the
+extractor's ``feat_dim``, ...); components receive keyword arguments only, never the config itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from lookalike.errors import CheckpointError, ConfigError, LookalikeError
+from lookalike.pipelines.config import INFERRED_ARGS, NESTED_BLOCKS
+from lookalike.pipelines.registry import REGISTRIES, import_object, signature_without
+
+__all__ = [
+    "build_component",
+    "build_transforms",
+    "build_extractor",
+    "build_sampler",
+    "build_criterion",
+    "build_optimizer",
+    "build_scheduler",
+    "build_logger",
+    "build_metrics",
+    "load_extractor_weights",
+    "backbone_of",
+]
+
+
+def build_component(block: str, spec: Mapping[str, Any], where: str | None = None, **context: Any) -> Any:
+    """Instantiate ``spec = {name, args}`` from the registry of ``block``; ``context`` holds inferable values."""
+    where = where or block
+    fn, fixed = REGISTRIES[block].resolve(spec["name"], f"{where}.name")
+    params = signature_without(fn, fixed).parameters
+    user_args = dict(spec.get("args") or {})
+    kwargs: dict[str, Any] = dict(fixed)
+    for arg, value in user_args.items():
+        nested = NESTED_BLOCKS.get((block, arg))
+        if nested and isinstance(value, (dict, str)):
+            value = {"name": value, "args": {}} if isinstance(value, str) else value
+            value = build_component(nested, value, f"{where}.args.{arg}")
+        kwargs[arg] = value
+    for arg, policy in INFERRED_ARGS.get(block, {}).items():
+        if arg not in params or arg not in context:
+            continue
+        given = user_args.get(arg, inspect.Parameter.empty)
+        required = params[arg].default is inspect.Parameter.empty
+        if (
+            policy == "owned"
+            or (policy == "absent" and (given is inspect.Parameter.empty or given == "auto"))
+            or (policy == "auto" and (given == "auto" or (given is inspect.Parameter.empty and required)))
+        ):
+            kwargs[arg] = context[arg]
+    leftover = [a for a, v in kwargs.items() if isinstance(v, str) and v == "auto" and a in INFERRED_ARGS.get(block, {})]
+    if leftover:
+        raise ConfigError(f"{where}.args.{leftover[0]}: 'auto' cannot be inferred in this pipeline; give a value.")
+    return _call(fn, kwargs, where, spec["name"])
+
+
+def _call(fn: Callable, kwargs: Mapping[str, Any], where: str, name: str) -> Any:
+    try:
+        return fn(**kwargs)
+    except LookalikeError as exc:
+        raise type(exc)(f"{where} ({name}): {exc}") from exc
+    except (ValueError, TypeError) as exc:
+        shown = {k: v for k, v in kwargs.items() if k not in ("params", "labels", "label2category", "optimizer")}
+        raise ConfigError(f"{where} ({name}) rejected its arguments {shown}: {exc}") from exc
+
+
+def build_transforms(cfg: Mapping, which: str = "transforms_val") -> Callable:
+    return build_component(which, cfg[which], image_size=cfg["image_size"])
+
+
+def build_extractor(cfg: Mapping):
+    """The extractor of ``cfg['extractor']``, with weights from ``cfg['checkpoint']`` when it is set."""
+    extractor = build_component("extractor", cfg["extractor"])
+    if cfg.get("checkpoint"):
+        load_extractor_weights(extractor, cfg["checkpoint"])
+    return extractor
+
+
+def backbone_of(extractor):
+    """The part ``freeze_backbone_epochs`` freezes: ``extractor.backbone`` when it exists, else the extractor."""
+    backbone = getattr(extractor, "backbone", None)
+    return backbone if backbone is not None and hasattr(backbone, "parameters") else extractor
+
+
+def _lightning_extractor_state(path: Path) -> dict | None:
+    """The extractor's state dict inside a Lightning checkpoint of a lookalike run, or None for other files."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:
+        return None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        return None
+    prefix = "extractor."
+    return {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+
+
+def load_extractor_weights(extractor, checkpoint: str | Path) -> None:
+    """Loads weights into ``extractor`` from a run's ``.ckpt`` (its ``extractor.*`` entries) or a weights file."""
+    path = Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint: file {str(path)!r} not found; give the path of a run's "
+                              "checkpoints/best.ckpt or of a weights file.")
+    state = _lightning_extractor_state(path) if path.suffix == ".ckpt" else None
+    if state is not None:
+        if not state:
+            raise CheckpointError(f"checkpoint {path}: a Lightning checkpoint without 'extractor.*' weights; "
+                                  "it was not written by a lookalike training run.")
+        try:
+            extractor.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            first = str(exc).splitlines()[0]
+            raise CheckpointError(f"checkpoint {path} does not match extractor {type(extractor).__name__} "
+                                  f"(check extractor.args against the training config): {first}") from None
+        return
+    load_into = import_object("lookalike.models.checkpoints:load_into", "checkpoint")
+    load_into(extractor, path)
+
+
+def build_sampler(cfg: Mapping, labels, label2category: Mapping | None, rank: int = 0, world_size: int = 1):
+    if cfg.get("sampler") is None:
+        return None
+    return build_component("sampler", cfg["sampler"], labels=labels, label2category=label2category,
+                           rank=rank, world_size=world_size, seed=cfg["seed"])
+
+
+def build_criterion(cfg: Mapping, feat_dim: int, num_classes: int, label2category: Mapping | None):
+    return build_component("criterion", cfg["criterion"], in_features=feat_dim, num_classes=num_classes,
+                           label2category=label2category)
+
+
+def build_optimizer(cfg: Mapping, params):
+    return build_component("optimizer", cfg["optimizer"], params=params)
+
+
+def build_scheduler(cfg: Mapping, optimizer) -> dict | None:
+    """A Lightning ``lr_scheduler`` config dict, or None."""
+    spec = cfg.get("scheduler")
+    if spec is None:
+        return None
+    scheduler = build_component("scheduler", spec, optimizer=optimizer)
+    out = {"scheduler": scheduler, "interval": spec["interval"], "frequency": spec["frequency"]}
+    if spec.get("monitor"):
+        out["monitor"] = spec["monitor"]
+    elif type(scheduler).__name__ == "ReduceLROnPlateau":
+        out["monitor"] = cfg["metric_for_checkpointing"]
+    return out
+
+
+def build_logger(cfg: Mapping, run_dir: Path):
+    spec = cfg.get("logger")
+    if spec is None:
+        return False
+    spec = {"name": spec["name"], "args": dict(spec.get("args") or {})}
+    if spec["name"] == "wandb":
+        spec["args"].setdefault("offline", True)
+    return build_component("logger", spec, save_dir=str(run_dir))
+
+
+def build_metrics(cfg: Mapping):
+    """``EmbeddingMetrics`` with ``cfg['metric_args']``."""
+    cls = import_object("lookalike.metrics:EmbeddingMetrics", "metric_args")
+    return _call(cls, dict(cfg.get("metric_args") or {}), "metric_args", "EmbeddingMetrics")

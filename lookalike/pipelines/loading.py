@@ -1,0 +1,58 @@
+"""Dataset tables and datasets for the pipelines, built with the data layer from the config's data keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+from lookalike.data import schema
+from lookalike.errors import ConfigError, DatasetError
+
+__all__ = ["dataset_root", "load_table", "split_table", "make_dataset", "label_to_category", "n_labels"]
+
+
+def dataset_root(cfg: Mapping) -> Path:
+    """``cfg['dataset_root']``, or the built-in example data when it is null."""
+    if cfg.get("dataset_root") is None:
+        from lookalike.data import example_dataset_root
+
+        return Path(example_dataset_root())
+    root = Path(cfg["dataset_root"]).expanduser()
+    if not root.is_dir():
+        raise ConfigError(f"dataset_root: folder {str(root)!r} does not exist; point it at the folder holding "
+                          f"{cfg.get('csv', 'df.csv')} (or set dataset_root: null for the built-in example data).")
+    return root
+
+
+def load_table(cfg: Mapping):
+    """The validated dataset table of ``dataset_root/csv``."""
+    from lookalike.data.validation import load_dataset_table
+
+    return load_dataset_table(dataset_root(cfg), cfg["csv"], check_images=cfg["check_images"])
+
+
+def split_table(table, split: str, origin: str):
+    """Rows of one split, renumbered from 0; DatasetError when the split is empty."""
+    part = table[table[schema.SPLIT] == split].reset_index(drop=True)
+    if len(part) == 0:
+        raise DatasetError(f"{origin}: no rows with {schema.SPLIT}={split!r}; the pipeline needs both "
+                           f"{schema.SPLIT_TRAIN!r} and {schema.SPLIT_VALIDATION!r} rows.")
+    return part
+
+
+def make_dataset(table, transform, cfg: Mapping, *, cache: bool | None = None):
+    from lookalike.data.datasets import ImageDataset
+
+    return ImageDataset(table, transform=transform,
+                        cache_images=cfg["cache_images"] if cache is None else cache)
+
+
+def label_to_category(dataset: Any) -> dict | None:
+    mapping = getattr(dataset, "label_to_category", None)
+    return dict(mapping) if mapping else None
+
+
+def n_labels(dataset: Any) -> int:
+    import numpy as np
+
+    return int(len(np.unique(np.asarray(dataset.labels))))

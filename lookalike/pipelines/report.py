@@ -1,0 +1,87 @@
+"""Human-readable outputs of the pipelines: a metrics table for the terminal and training-curve plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from lookalike.pipelines.io import atomic_path
+
+__all__ = ["metrics_table", "plot_history"]
+
+
+def metrics_table(results: Mapping[str, Mapping]) -> str:
+    """One row per group (OVERALL first, then categories), one column per metric@k."""
+
+    def flat(d: Mapping, prefix: str = "") -> dict[str, float]:
+        out: dict[str, float] = {}
+        for k, v in d.items():
+            name = f"{prefix}@{k}" if prefix else str(k)
+            if isinstance(v, Mapping):
+                out.update(flat(v, name))
+            else:
+                try:
+                    out[name] = float(v)
+                except (TypeError, ValueError):
+                    pass
+        return out
+
+    rows = {str(group): flat(values) for group, values in results.items() if isinstance(values, Mapping)}
+    columns: list[str] = []
+    for values in rows.values():
+        columns += [c for c in values if c not in columns]
+    names = sorted(rows, key=lambda g: (g != "OVERALL", g))
+    width = max([len("group")] + [len(n) for n in names])
+    col_w = [max(len(c), 6) for c in columns]
+    lines = ["  ".join(["group".ljust(width)] + [c.rjust(w) for c, w in zip(columns, col_w)])]
+    lines.append("-" * len(lines[0]))
+    for name in names:
+        cells = [f"{rows[name][c]:.4f}" if c in rows[name] else "-" for c in columns]
+        lines.append("  ".join([name.ljust(width)] + [s.rjust(w) for s, w in zip(cells, col_w)]))
+    return "\n".join(lines)
+
+
+def plot_history(history: Mapping[str, Mapping], path: str | Path) -> Path | None:
+    """Training loss and OVERALL validation metrics per epoch, one panel each, saved as a PNG (atomically)."""
+    epochs = sorted((k for k in history if k.isdigit()), key=int)
+    if not epochs:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for key, entry in history.items():
+        x = -1 if key == "initial" else int(key) if key.isdigit() else None
+        if x is None:
+            continue
+        for section in ("train", "val"):
+            for name, value in (entry.get(section) or {}).items():
+                if section == "val" and not name.startswith("OVERALL/"):
+                    continue
+                xs, ys = series.setdefault(name, ([], []))
+                xs.append(x + 1)  # epochs counted from 1; 0 = before training
+                ys.append(value)
+    if not series:
+        return None
+    names = sorted(series, key=lambda n: (not n.startswith("loss"), n))
+    n = len(names)
+    cols = min(3, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.0 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        xs, ys = series[name]
+        order = sorted(range(len(xs)), key=xs.__getitem__)
+        ax.plot([xs[i] for i in order], [ys[i] for i in order], marker="o", markersize=3)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
+    return path

@@ -1,0 +1,77 @@
+"""Run folders shared by the pipelines: naming, the DDP hand-over of the folder to child processes, and the
+resolved config saved into the folder."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Mapping
+
+from lookalike.errors import CheckpointError, ConfigError
+from lookalike.pipelines.config import yaml_dump
+from lookalike.pipelines.io import write_text_atomic
+
+__all__ = ["RUN_DIR_ENV", "launched_rank", "new_run_dir", "resume_target", "save_config"]
+
+#: set by the main process so that DDP child processes (which re-run the script) use the same run folder
+RUN_DIR_ENV = "LOOKALIKE_RUN_DIR"
+
+
+def launched_rank() -> int:
+    """Rank of this process as set by a DDP launcher (0 for the main process or a single process)."""
+    for var in ("RANK", "LOCAL_RANK"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 0
+
+
+def _timestamp() -> str:
+    return time.strftime("%Y-%m-%d_%H-%M-%S")
+
+
+def new_run_dir(cfg: Mapping, prefix: str = "") -> Path:
+    """``output_dir/run_name`` (or a timestamp), refusing a folder that already holds a run's checkpoints."""
+    if launched_rank() > 0 and os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    base = Path(cfg["output_dir"]).expanduser()
+    if cfg.get("run_name"):
+        run_dir = base / cfg["run_name"]
+        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+            raise ConfigError(
+                f"run_name: the folder {run_dir} already holds a run; continue it with --resume {run_dir}, "
+                "or pick another run_name (or null for a timestamp)."
+            )
+    else:
+        name = f"{prefix}{_timestamp()}"
+        run_dir = base / name
+        n = 1
+        while run_dir.exists():
+            n += 1
+            run_dir = base / f"{name}_{n}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir.resolve()
+
+
+def resume_target(resume: str | Path) -> tuple[Path, Path]:
+    """(run folder, checkpoint) for ``--resume``: a run folder (its checkpoints/last.ckpt) or a .ckpt file."""
+    path = Path(resume).expanduser()
+    if path.is_file():
+        run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+        return run_dir.resolve(), path.resolve()
+    if path.is_dir():
+        ckpt = path / "checkpoints" / "last.ckpt"
+        if not ckpt.is_file():
+            raise CheckpointError(
+                f"--resume {path}: no checkpoints/last.ckpt in this folder, so there is nothing to resume (the "
+                "run stopped before its first epoch ended, or this is not a run folder); start the run again "
+                "without --resume."
+            )
+        return path.resolve(), ckpt.resolve()
+    raise CheckpointError(f"--resume {path}: no such run folder or checkpoint file.")
+
+
+def save_config(cfg: Mapping, path: Path) -> Path:
+    """The full resolved config (defaults filled, overrides applied), written atomically."""
+    header = "# resolved config written by lookalike; re-run with: lookalike train <this file>\n"
+    return write_text_atomic(path, header + yaml_dump(dict(cfg)))
