@@ -21,9 +21,10 @@ from lookalike.data import schema
 from lookalike.pipelines.io import atomic_path, write_json_atomic
 
 __all__ = [
+    "finish_distributed",
     "ExtractorModule",
     "MetricLearningData",
-    "EpochSeeding",
+    "EpochLoader",
     "RunRecorder",
     "AtomicCheckpointIO",
     "flatten_metrics",
@@ -44,6 +45,18 @@ def flatten_metrics(results: Mapping, prefix: str = "") -> dict[str, float]:
             except (TypeError, ValueError):
                 continue  # non-numeric extras (e.g. lists) are kept in the JSON only
     return flat
+
+
+def finish_distributed(trainer: pl.Trainer, value: Any) -> Any:
+    """Rank 0's ``value`` on every rank, then the process group is closed so that later single-process work in
+    the same Python process (or another pipeline call) does not talk to finished ranks."""
+    import torch.distributed as dist
+
+    if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+        value = trainer.strategy.broadcast(value, src=0)
+        trainer.strategy.barrier()
+        dist.destroy_process_group()
+    return value
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
@@ -105,13 +118,22 @@ class ExtractorModule(pl.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
-    def on_train_epoch_start(self) -> None:
+    def _apply_freeze(self) -> None:
+        """Freezes the backbone during the first ``freeze_backbone_epochs`` epochs (weights and BN statistics)."""
+        if self.freeze_backbone_epochs <= 0:
+            return
         frozen = self.current_epoch < self.freeze_backbone_epochs
         backbone = self._backbone[0]
         for p in backbone.parameters():
             p.requires_grad_(not frozen)
-        if frozen:
-            backbone.eval()  # frozen batch-norm statistics too
+        backbone.train(not frozen)
+
+    def on_train_epoch_start(self) -> None:
+        self._apply_freeze()
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if batch_idx == 0:  # Lightning skips on_train_epoch_start on the first epoch of a resumed run
+            self._apply_freeze()
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         features = self.extractor(batch[schema.INPUT_KEY])
@@ -190,16 +212,36 @@ class MetricLearningData(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         batch_sampler = self.sampler_factory(rank, world) if self.sampler_factory else None
+        kwargs = self._loader_kwargs()
+        kwargs["generator"] = torch.Generator()
         if batch_sampler is not None:
             self.epoch_sampler = batch_sampler
-            return DataLoader(self.train_dataset, batch_sampler=batch_sampler, **self._loader_kwargs())
+            return EpochLoader(self._start_epoch, self.train_dataset, batch_sampler=batch_sampler, **kwargs)
         # plain shuffled batches: the order is a pure function of (seed, epoch) on every rank
         sampler = DistributedSampler(self.train_dataset, num_replicas=world, rank=rank, shuffle=True,
                                      seed=self.seed, drop_last=True)
         self.epoch_sampler = sampler
         drop_last = len(sampler) >= self.bs_train
-        return DataLoader(self.train_dataset, batch_size=self.bs_train, sampler=sampler, drop_last=drop_last,
-                          **self._loader_kwargs())
+        return EpochLoader(self._start_epoch, self.train_dataset, batch_size=self.bs_train, sampler=sampler,
+                           drop_last=drop_last, **kwargs)
+
+    def _start_epoch(self, loader: DataLoader) -> None:
+        """Seeds the RNGs, the loader's generator and the sampler from (seed, epoch, rank) before each epoch.
+
+        Every epoch is then a pure function of the weights and optimizer state at its start, so a run resumed
+        from its last checkpoint continues exactly as an uninterrupted one. (Runs when the epoch's iterator is
+        created, which also happens on resume, unlike Lightning's on_train_epoch_start.)
+        """
+        trainer = getattr(self, "trainer", None)
+        epoch = trainer.current_epoch if trainer is not None else 0
+        rank = trainer.global_rank if trainer is not None else 0
+        s = epoch_seed(self.seed, epoch, rank)
+        random.seed(s)
+        np.random.seed(s % 2**32)
+        torch.manual_seed(s)
+        if loader.generator is not None:
+            loader.generator.manual_seed(s)
+        self.set_epoch(epoch)
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
@@ -214,25 +256,16 @@ class MetricLearningData(pl.LightningDataModule):
             self.epoch_sampler.set_epoch(epoch)
 
 
-class EpochSeeding(pl.Callback):
-    """At each training epoch start: seeds the RNGs and the sampler from (seed, epoch, rank).
+class EpochLoader(DataLoader):
+    """A DataLoader that calls ``on_iter(self)`` each time an epoch's iterator is created."""
 
-    Every epoch is then a pure function of the weights and optimizer state at its start, so a run resumed
-    from the last checkpoint continues exactly as an uninterrupted one.
-    """
+    def __init__(self, on_iter: Callable[[DataLoader], None], *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.on_iter = on_iter
 
-    def __init__(self, seed: int) -> None:
-        self.seed = seed
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
-        s = epoch_seed(self.seed, epoch, trainer.global_rank)
-        random.seed(s)
-        np.random.seed(s % 2**32)
-        torch.manual_seed(s)
-        datamodule = trainer.datamodule
-        if datamodule is not None and hasattr(datamodule, "set_epoch"):
-            datamodule.set_epoch(epoch)
+    def __iter__(self):
+        self.on_iter(self)
+        return super().__iter__()
 
 
 class RunRecorder(pl.Callback):

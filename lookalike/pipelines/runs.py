@@ -30,14 +30,15 @@ def _timestamp() -> str:
     return time.strftime("%Y-%m-%d_%H-%M-%S")
 
 
-def new_run_dir(cfg: Mapping, prefix: str = "") -> Path:
-    """``output_dir/run_name`` (or a timestamp), refusing a folder that already holds a run's checkpoints."""
+def new_run_dir(cfg: Mapping, prefix: str = "", *, fresh: bool = True) -> Path:
+    """``output_dir/run_name`` (or a timestamp); with ``fresh``, a folder that already holds a run's checkpoints
+    is refused (training must not overwrite another run)."""
     if launched_rank() > 0 and os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV])
     base = Path(cfg["output_dir"]).expanduser()
     if cfg.get("run_name"):
         run_dir = base / cfg["run_name"]
-        if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        if fresh and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
             raise ConfigError(
                 f"run_name: the folder {run_dir} already holds a run; continue it with --resume {run_dir}, "
                 "or pick another run_name (or null for a timestamp)."

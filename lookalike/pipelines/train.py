@@ -23,6 +23,7 @@ def _quiet_lightning() -> None:
         r".*The number of training batches .* is smaller than the logging interval.*",
         r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
         r".*LeafSpec.*",
+        r".*when logging on epoch level in distributed setting.*",  # our metrics are already gathered
     ):
         warnings.filterwarnings("ignore", message=pattern)
 
@@ -90,10 +91,10 @@ def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
     from lookalike.pipelines import builders, loading
     from lookalike.pipelines.lightning_parts import (
         AtomicCheckpointIO,
-        EpochSeeding,
         ExtractorModule,
         MetricLearningData,
         RunRecorder,
+        finish_distributed,
     )
     from lookalike.pipelines.report import metrics_table, plot_history
 
@@ -164,7 +165,7 @@ def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
         **trainer_kwargs(cfg),
         max_epochs=cfg["max_epochs"],
         logger=builders.build_logger(cfg, run_dir),
-        callbacks=[EpochSeeding(cfg["seed"]), recorder, best_cb, last_cb],
+        callbacks=[recorder, best_cb, last_cb],
         check_val_every_n_epoch=cfg["valid_period"],
         limit_train_batches=cfg["limit_train_batches"],
         gradient_clip_val=cfg["gradient_clip_val"],
@@ -191,6 +192,7 @@ def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
     finally:
         if is_main:
             os.environ.pop(RUN_DIR_ENV, None)
+    run_dir = Path(finish_distributed(trainer, str(run_dir)))
 
     if trainer.is_global_zero:
         plot_history(recorder.history, run_dir / "curves.png")

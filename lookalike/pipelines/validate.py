@@ -1,0 +1,79 @@
+"""The validation pipeline: retrieval metrics of an extractor (weights from a checkpoint) on a dataset's
+validation split, printed as a table and saved as JSON."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from lookalike.pipelines.config import load_config
+from lookalike.pipelines.io import write_json_atomic
+from lookalike.pipelines.runs import RUN_DIR_ENV, new_run_dir, save_config
+
+__all__ = ["validate"]
+
+
+def output_folder(cfg: dict, source, kind: str, overrides: Iterable[str] = ()) -> Path:
+    """``<run folder>/<kind>`` when the config came from a run folder (and output_dir / run_name are not
+    overridden), else a new run folder for this job inside output_dir."""
+    overridden = {o.partition("=")[0].strip() for o in overrides}
+    if source.run_dir is not None and not overridden & {"output_dir", "run_name"}:
+        folder = Path(source.run_dir) / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder.resolve()
+    return new_run_dir(cfg, prefix=f"{kind}_", fresh=False)
+
+
+def validate(config: Mapping | str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
+    """Metrics of ``cfg['extractor']`` with weights ``cfg['checkpoint']`` on the validation split.
+
+    ``config`` may be a run folder: its config.yaml is used and, unless ``checkpoint`` is set,
+    its checkpoints/best.ckpt. Returns ``{"metrics" (nested), "metrics_flat", "output_dir"}``.
+    """
+    from lookalike.pipelines.train import _quiet_lightning, trainer_kwargs
+
+    _quiet_lightning()
+    overrides = list(overrides)
+    cfg, source = load_config(config, overrides, pipeline="validate")
+    if cfg["checkpoint"] is None and source.run_dir is not None:
+        cfg["checkpoint"] = str(Path(source.run_dir) / "checkpoints" / "best.ckpt")
+    if cfg["checkpoint"] is None:
+        warnings.warn("checkpoint is null: validating the extractor as built (its own `weights` argument or a "
+                      "random initialisation).", stacklevel=2)
+
+    import lightning.pytorch as pl
+
+    from lookalike.pipelines import builders, loading
+    from lookalike.pipelines.lightning_parts import ExtractorModule, MetricLearningData, finish_distributed
+    from lookalike.pipelines.report import metrics_table
+
+    pl.seed_everything(cfg["seed"], verbose=False)
+    table = loading.load_table(cfg)
+    origin = str(loading.dataset_root(cfg) / cfg["csv"])
+    val_table = loading.split_table(table, "validation", origin)
+    val_ds = loading.make_dataset(val_table, builders.build_transforms(cfg, "transforms_val"), cfg)
+    extractor = builders.build_extractor(cfg)
+    module = ExtractorModule(extractor, metrics=builders.build_metrics(cfg),
+                             main_metric=cfg["metric_for_checkpointing"])
+    datamodule = MetricLearningData(None, val_ds, bs_val=cfg["bs_val"], num_workers=cfg["num_workers"])
+
+    out_dir = output_folder(cfg, source, "validation", overrides)
+    is_main = int(os.environ.get("LOCAL_RANK", "0") or 0) == 0
+    if is_main:
+        os.environ[RUN_DIR_ENV] = str(out_dir)
+    trainer = pl.Trainer(**trainer_kwargs(cfg), logger=False, default_root_dir=out_dir)
+    try:
+        trainer.validate(module, datamodule=datamodule, verbose=False)
+    finally:
+        if is_main:
+            os.environ.pop(RUN_DIR_ENV, None)
+    out_dir = Path(finish_distributed(trainer, str(out_dir)))
+    results = module.last_results
+    if trainer.is_global_zero:
+        save_config(cfg, out_dir / "config.yaml")
+        write_json_atomic(out_dir / "metrics.json", {"checkpoint": cfg["checkpoint"], "metrics": results})
+        print(f"\nvalidation of {cfg['checkpoint'] or 'the extractor as built'} on {origin}:\n"
+              f"{metrics_table(results)}\nsaved to {out_dir / 'metrics.json'}")
+    return {"metrics": results, "metrics_flat": dict(module.last_flat), "output_dir": out_dir}
