@@ -50,7 +50,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from lookalike.pipelines.train import train
+    from lookalike.pipelines.training import train
 
     config, overrides = split_config_and_overrides(args.items)
     if args.resume is not None and config is None and args.resume is True:
@@ -60,7 +60,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    from lookalike.pipelines.validate import validate
+    from lookalike.pipelines.validation import validate
 
     config, overrides = split_config_and_overrides(args.items)
     validate(config, overrides)
@@ -68,7 +68,7 @@ def _run_validate(args: argparse.Namespace) -> int:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from lookalike.pipelines.predict import predict
+    from lookalike.pipelines.prediction import predict
 
     config, overrides = split_config_and_overrides(args.items)
     predict(config, overrides)

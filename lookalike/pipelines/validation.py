@@ -32,7 +32,7 @@ def validate(config: Mapping | str | Path | None = None, overrides: Iterable[str
     ``config`` may be a run folder: its config.yaml is used and, unless ``checkpoint`` is set,
     its checkpoints/best.ckpt. Returns ``{"metrics" (nested), "metrics_flat", "output_dir"}``.
     """
-    from lookalike.pipelines.train import _quiet_lightning, trainer_kwargs
+    from lookalike.pipelines.training import _quiet_lightning, trainer_kwargs
 
     _quiet_lightning()
     overrides = list(overrides)

@@ -143,7 +143,7 @@ def predict(config: Mapping | str | Path | None = None, overrides: Iterable[str]
     from torch.utils.data import DataLoader
 
     from lookalike.pipelines import builders
-    from lookalike.pipelines.validate import output_folder
+    from lookalike.pipelines.validation import output_folder
 
     overrides = list(overrides)
     cfg, source = load_config(config, overrides, pipeline="predict")
