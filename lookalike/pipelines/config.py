@@ -169,7 +169,7 @@ SCHEMA: dict[str, Key] = {
            registry="criterion", section="components"),
         _k("optimizer", (COMPONENT,), {"name": "adamw", "args": {"lr": 1e-3}},
            "optimizer over extractor + criterion parameters", registry="optimizer", section="components"),
-        _k("scheduler", (COMPONENT, NULL), None, "lr scheduler; extra keys interval (epoch|step), frequency, monitor",
+        _k("scheduler", (COMPONENT, NULL), None, "lr scheduler; extra block keys: interval (epoch or step), frequency, monitor",
            registry="scheduler", block_extras=_SCHEDULER_EXTRAS, section="components"),
         _k("logger", (COMPONENT, NULL), {"name": "csv", "args": {}}, "Lightning logger; null = none",
            registry="logger", section="components"),
@@ -567,3 +567,22 @@ def load_config(config: Mapping | str | Path | None, overrides: Iterable[str] = 
     cfg = resolve_config(source.raw, list(overrides), source.origin)
     check_components(cfg, pipeline, source.origin)
     return cfg, source
+
+
+def schema_markdown() -> str:
+    """The config reference table of docs/pipelines.md, generated from SCHEMA (one row per key)."""
+    lines = []
+    section = None
+    for key in SCHEMA.values():
+        if key.section != section:
+            section = key.section
+            lines += ["", f"**{section}**", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        if key.default is REQUIRED:
+            default = "*required*"
+        else:
+            text = yaml.safe_dump(key.default, default_flow_style=True, width=1000, sort_keys=False).strip()
+            default = f"`{text.removesuffix('...').strip()}`"
+        choices = f" (one of: {', '.join(dict.fromkeys(map(str, key.choices)))})" if key.choices else ""
+        doc = key.doc.replace("|", "/")
+        lines.append(f"| `{key.name}` | {key.type_words().replace('|', 'or')} | {default} | {doc}{choices} |")
+    return "\n".join(lines[1:])

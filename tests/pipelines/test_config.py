@@ -217,3 +217,13 @@ def test_handlers_exit_non_zero_with_one_message(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert commands.main(["registry", "sampler"]) == 0
     assert "category_balance" in capsys.readouterr().out
+
+
+def test_docs_hold_the_generated_config_reference():
+    from pathlib import Path
+
+    from lookalike.pipelines.config import schema_markdown
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "pipelines.md").read_text()
+    assert schema_markdown() in docs, "regenerate the table: python -c 'from lookalike.pipelines.config " \
+                                      "import schema_markdown; print(schema_markdown())'"
