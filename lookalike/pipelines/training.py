@@ -10,7 +10,7 @@ from typing import Any, Iterable, Mapping
 
 from lookalike.errors import ConfigError
 from lookalike.pipelines.config import load_config
-from lookalike.pipelines.runs import RUN_DIR_ENV, new_run_dir, resume_target, save_config
+from lookalike.pipelines.runs import RUN_DIR_ENV, launched_rank, new_run_dir, resume_target, save_config
 
 __all__ = ["train"]
 
@@ -108,7 +108,7 @@ def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
     train_ds = loading.make_dataset(train_table, builders.build_transforms(cfg, "transforms_train"), cfg)
     val_ds = loading.make_dataset(val_table, builders.build_transforms(cfg, "transforms_val"), cfg)
     label2category = loading.label_to_category(train_ds)
-    builders.build_sampler(cfg, train_ds.labels, label2category)  # fail early on an impossible P x K
+    probe = builders.build_sampler(cfg, train_ds.labels, label2category)  # fails early on an impossible P x K
 
     # --- model ----------------------------------------------------------------------------------------
     extractor = builders.build_extractor(cfg)
@@ -148,7 +148,7 @@ def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
     # --- run folder -------------------------------------------------------------------------------
     if run_dir is None:
         run_dir = new_run_dir(cfg)
-    is_main = int(os.environ.get("LOCAL_RANK", "0") or 0) == 0 and int(os.environ.get("NODE_RANK", "0") or 0) == 0
+    is_main = launched_rank() == 0
     if is_main:
         save_config(cfg, run_dir / "config.yaml")
         os.environ[RUN_DIR_ENV] = str(run_dir)
@@ -160,7 +160,9 @@ def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
                               enable_version_counter=False)
     recorder = RunRecorder(run_dir, log_images=cfg["log_images"], n_worst_queries=cfg["n_worst_queries"],
                            image_saver=_image_saver(cfg, val_ds))
-    n_batches = _batches_per_epoch(cfg, train_ds, label2category)
+    n_batches = len(probe) if probe is not None else max(1, len(train_ds) // cfg["bs_train"])
+    if isinstance(cfg["limit_train_batches"], int):
+        n_batches = max(1, min(n_batches, cfg["limit_train_batches"]))
     trainer = pl.Trainer(
         **trainer_kwargs(cfg),
         max_epochs=cfg["max_epochs"],
@@ -196,7 +198,7 @@ def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
 
     if trainer.is_global_zero:
         plot_history(recorder.history, run_dir / "curves.png")
-        if module.last_results is not None and cfg["progress_bar"] is not None:
+        if module.last_results is not None:
             print(f"\nvalidation after epoch {last_epoch + 1} ({run_dir}):\n{metrics_table(module.last_results)}")
             if initial is not None:
                 key = cfg["metric_for_checkpointing"]
@@ -228,14 +230,3 @@ def _checkpoint_epoch(ckpt_path: Path) -> int | None:
         return int(torch.load(ckpt_path, map_location="cpu", weights_only=True)["epoch"]) + 1
     except Exception:
         return None
-
-
-def _batches_per_epoch(cfg: Mapping, train_ds, label2category) -> int:
-    from lookalike.pipelines import builders
-
-    sampler = builders.build_sampler(cfg, train_ds.labels, label2category)
-    n = len(sampler) if sampler is not None else max(1, len(train_ds) // cfg["bs_train"])
-    limit = cfg["limit_train_batches"]
-    if isinstance(limit, int):
-        n = min(n, limit)
-    return max(1, n)

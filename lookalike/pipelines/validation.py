@@ -10,7 +10,7 @@ from typing import Iterable, Mapping
 
 from lookalike.pipelines.config import load_config
 from lookalike.pipelines.io import write_json_atomic
-from lookalike.pipelines.runs import RUN_DIR_ENV, new_run_dir, save_config
+from lookalike.pipelines.runs import RUN_DIR_ENV, launched_rank, new_run_dir, save_config
 
 __all__ = ["validate"]
 
@@ -60,7 +60,7 @@ def validate(config: Mapping | str | Path | None = None, overrides: Iterable[str
     datamodule = MetricLearningData(None, val_ds, bs_val=cfg["bs_val"], num_workers=cfg["num_workers"])
 
     out_dir = output_folder(cfg, source, "validation", overrides)
-    is_main = int(os.environ.get("LOCAL_RANK", "0") or 0) == 0
+    is_main = launched_rank() == 0
     if is_main:
         os.environ[RUN_DIR_ENV] = str(out_dir)
     trainer = pl.Trainer(**trainer_kwargs(cfg), logger=False, default_root_dir=out_dir)
