@@ -60,6 +60,8 @@ def as_embeddings(x: Any, name: str) -> Tensor:
     t = t.detach().to("cpu", torch.float32).contiguous()
     if t.shape[1] == 0:
         raise LookalikeError(f"{name} has zero columns: embeddings must have at least one dimension.")
+    if bool(torch.isfinite(t.sum(dim=1)).all()):  # cheap test first; NaN/inf propagate into the row sums
+        return t
     bad = ~torch.isfinite(t).all(dim=1)
     n_bad = int(bad.sum())
     if n_bad:
@@ -202,15 +204,23 @@ class ChunkExclusion:
             keep = row >= 0
             self.rows, self.cols = row[keep], g_all[keep]  # still sorted by gallery position
 
-    def apply(self, scores: Tensor, g0: int, g1: int, fill: float) -> None:
-        """Set the excluded entries of the block ``scores`` (rows x (g1 - g0)) to ``fill`` in place."""
+    def apply(self, scores: Tensor, g0: int, g1: int, fill: float, row0: int = 0) -> None:
+        """Set the excluded entries of the block ``scores`` in place to ``fill``.
+
+        The block covers gallery positions ``g0:g1`` and the chunk's query rows ``row0:row0 + len(scores)``.
+        """
         ex = self.exclusion
         if ex.empty:
             return
+        row1 = row0 + len(scores)
         if self.rows is not None:
             lo, hi = torch.searchsorted(self.cols, torch.tensor([g0, g1])).tolist()
             if hi > lo:
-                scores[self.rows[lo:hi], self.cols[lo:hi] - g0] = fill
+                rows, cols = self.rows[lo:hi], self.cols[lo:hi]
+                if row0 > 0 or row1 < len(self.query_pos):
+                    keep = (rows >= row0) & (rows < row1)
+                    rows, cols = rows[keep], cols[keep]
+                scores[rows - row0, cols - g0] = fill
             return
-        mask = ex.mask(self.query_pos[:, None], torch.arange(g0, g1)[None, :])
+        mask = ex.mask(self.query_pos[row0:row1, None], torch.arange(g0, g1)[None, :])
         scores.masked_fill_(mask, fill)

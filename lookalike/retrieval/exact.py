@@ -73,6 +73,8 @@ U_BF16_OUT = U_BF16 / (1.0 - U_BF16)
 SAFETY = 1.25
 #: width of the column groups whose maxima pre-filter a block before the top-k merge
 GROUP = 16
+#: query rows per score tile (a tile x gallery_chunk_size block stays cache-friendly)
+_TILE_ROWS = 2048
 _INF = float("inf")
 
 
@@ -88,19 +90,29 @@ def _fp32_matmul_is_ieee() -> bool:
     return precision in ("none", "ieee")
 
 
+def _fast_norms(x: Tensor) -> Tensor:
+    """Float64 row norms (accurate to ~1e-16, not bit-reproducible across batch shapes: used for bounds only)."""
+    out = torch.empty(len(x), dtype=torch.float64)
+    step = max(1, (1 << 18) // max(x.shape[1], 1))
+    for a in range(0, len(x), step):
+        out[a : a + step] = torch.linalg.vector_norm(x[a : a + step], dim=1, dtype=torch.float64)
+    return out
+
+
 class _Prepared:
     """Per-search precomputation: float64 norms, screening vectors' error terms, bound constants."""
 
     def __init__(self, queries: Tensor, gallery: Tensor, distance: str, precision: str):
         self.q, self.g, self.distance, self.precision = queries, gallery, distance, precision
         self.d = d = queries.shape[1]
-        self.q_norm, self.g_norm = row_norms(queries), row_norms(gallery)
         cosine = distance == "cosine"
+        # accurate float64 norms for screening and bounds; canonical (tree-sum) query norms for cosine re-scoring
+        self.q_norm, self.g_norm = _fast_norms(queries), _fast_norms(gallery)
+        self.q_norm_canonical = row_norms(queries) if cosine else None
         self.q_inv = self._inverse(self.q_norm) if cosine else None
         self.g_inv = self._inverse(self.g_norm) if cosine else None
         if distance == "euclidean":
-            gsq = self.g_norm.square()
-            self.neg_gsq = (-gsq).float()
+            self.neg_gsq = (-self.g_norm.square()).float()
         self.gamma = d * U32 / (1.0 - d * U32)
         self.g_hat_max = float((self.g_norm > 0).any()) if cosine else float(self.g_norm.max())
         self.q_hat = (self.q_norm > 0).double() if cosine else self.q_norm
@@ -109,8 +121,8 @@ class _Prepared:
         self.e32_g, self.b32_g = rel * self.g_hat_max, (1 + rel) * self.g_hat_max
         self.ieee = _fp32_matmul_is_ieee()
         if precision == "bf16":
-            self.e_g, self.b_g = self._measure_bf16(gallery, self.g_norm, self.g_inv)
-            self.e_g_max, self.b_g_max = float(self.e_g.max()), float(self.b_g.max())
+            e_g, b_g = self._measure_bf16(gallery, self.g_norm, self.g_inv)
+            self.e_g_max, self.b_g_max = float(e_g.max()), float(b_g.max())
             self.e_q, self.b_q = self._measure_bf16(queries, self.q_norm, self.q_inv)
 
     @staticmethod
@@ -126,7 +138,7 @@ class _Prepared:
     def _measure_bf16(self, x: Tensor, norm: Tensor, inv: Tensor | None) -> tuple[Tensor, Tensor]:
         """Exact (float64) representation error |x^ - bf16(x_s)| and norm |bf16(x_s)| of every row."""
         e, b = torch.empty(len(x), dtype=torch.float64), torch.empty(len(x), dtype=torch.float64)
-        step = max(1, (1 << 21) // self.d)
+        step = max(1, (1 << 17) // self.d)
         for a in range(0, len(x), step):
             rows = x[a : a + step]
             xs = self.prep32(rows, None if inv is None else inv[a : a + step]).bfloat16().double()
@@ -166,8 +178,11 @@ class _Prepared:
         """Lower bound of the true distance (euclidean: squared) of any item whose screening score <= ``score``."""
         score = score.double()
         err = self.score_error(qpos, precision)
+        if score.dim() == 2:
+            err = err[:, None]
         if self.distance == "euclidean":
-            return self.q_norm[qpos].square() - score - err
+            qsq = self.q_norm[qpos].square() * (1 - 1e-14)
+            return (qsq[:, None] if score.dim() == 2 else qsq) - score - err
         if precision == "bf16":
             err = err + U_BF16_OUT * score.abs()
         base = 1.0 if self.distance == "cosine" else 0.0
@@ -199,7 +214,7 @@ class _Prepared:
         return torch.where(x32.double() > x, torch.nextafter(x32, torch.tensor(-_INF)), x32)
 
     def canonical(self, qpos: Tensor, gpos: Tensor) -> Tensor:
-        return pair_distances(self.q, self.g, qpos, gpos, self.distance, self.q_norm, self.g_norm)
+        return pair_distances(self.q, self.g, qpos, gpos, self.distance, self.q_norm_canonical)
 
 
 def _merge_block(scores: Tensor, g0: int, best_s: Tensor, best_i: Tensor) -> None:
@@ -248,17 +263,19 @@ class ExactSearch(SearchBackend):
 
     ``precision="bf16"`` screens in bf16 (about 4x the matmul speed of fp32 on CPUs with bf16 units) and returns
     exactly what ``precision="fp32"`` returns (see the module docstring for the bound that guarantees it).
+    Memory: ``query_chunk_size x dim`` (prepared queries) + ``2048 x gallery_chunk_size`` (a score tile) +
+    ``Nq x (k + extra_candidates)``; the gallery is read block by block once per query chunk.
     ``extra_candidates`` is how many candidates beyond ``k`` each query keeps for the verification (default:
     8 for fp32, ``max(32, k)`` for bf16); more means fewer fallbacks and a slower merge.
-    After each call ``last_stats`` holds counts: queries, fallback queries, re-scored pairs.
+    After each call ``last_stats`` holds counts: queries, fallback (queries re-searched), rescored (pairs).
     """
 
     def __init__(
         self,
         distance: str = "cosine",
         *,
-        query_chunk_size: int = 4096,
-        gallery_chunk_size: int = 8192,
+        query_chunk_size: int = 16384,
+        gallery_chunk_size: int = 4096,
         precision: str = "fp32",
         extra_candidates: int | None = None,
     ):
@@ -268,7 +285,9 @@ class ExactSearch(SearchBackend):
         for name, value in (("query_chunk_size", query_chunk_size), ("gallery_chunk_size", gallery_chunk_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise LookalikeError(f"{name} must be a positive integer, got {value!r}.")
-        if extra_candidates is not None and (not isinstance(extra_candidates, int) or extra_candidates < 0):
+        if extra_candidates is not None and (
+            isinstance(extra_candidates, bool) or not isinstance(extra_candidates, int) or extra_candidates < 0
+        ):
             raise LookalikeError(f"extra_candidates must be a non-negative integer, got {extra_candidates!r}.")
         self.precision = precision
         self.query_chunk_size, self.gallery_chunk_size = query_chunk_size, gallery_chunk_size
@@ -306,46 +325,37 @@ class ExactSearch(SearchBackend):
         if extra is None:
             extra = 8 if self.precision == "fp32" else max(32, k)
         K = k + extra
-        failing, fail_dist = [], []
+        failing, fail_kth = [], []
         for q0 in range(0, nq, self.query_chunk_size):
             qpos = torch.arange(q0, min(q0 + self.query_chunk_size, nq))
-            best_s, best_i = self._screen(prep, qpos, K, excl, self.precision)
-            valid = best_s > -_INF
-            r, j = valid.nonzero(as_tuple=True)
-            cand_d = torch.full(best_i.shape, _INF)
-            cand_d[r, j] = prep.canonical(qpos[r], best_i[r, j])
-            self.last_stats["rescored"] += r.numel()
-            cand_d, cand_i = sort_by_distance_then_index(cand_d, torch.where(valid, best_i, -1))
-            distances[qpos], indices[qpos] = cand_d[:, :k], cand_i[:, :k]
-            x_last = best_s.min(dim=1).values
-            full = x_last > -_INF
-            kth = cand_d[:, k - 1]
-            lower = prep.lower_bound(qpos, torch.where(full, x_last, 0.0), self.precision)
-            upper = prep.threshold(qpos, torch.where(full, kth, 0.0))
-            bad = full & ~(lower > upper)
+            best_s, best_i = self._screen(prep, qpos, K, excl)
+            d, i, bad, kth = self._rescore_and_verify(prep, qpos, best_s, best_i, k)
+            distances[q0 : q0 + len(qpos)], indices[q0 : q0 + len(qpos)] = d, i
             if bool(bad.any()):
                 failing.append(qpos[bad])
-                fail_dist.append(kth[bad])
+                fail_kth.append(kth[bad])
         if failing:
-            fpos, fdist = torch.cat(failing), torch.cat(fail_dist)
+            fpos, fkth = torch.cat(failing), torch.cat(fail_kth)
             self.last_stats["fallback"] = len(fpos)
-            d_f, i_f = self._threshold_pass(prep, fpos, fdist, k, excl)
+            d_f, i_f = self._threshold_pass(prep, fpos, fkth, k, excl)
             distances[fpos], indices[fpos] = d_f, i_f
         return distances, indices
 
     # --- screening --------------------------------------------------------------------------------------
-    def _screen(self, prep: _Prepared, qpos: Tensor, K: int, excl: Exclusion, precision: str):
+    def _screen(self, prep: _Prepared, qpos: Tensor, K: int, excl: Exclusion) -> tuple[Tensor, Tensor]:
         """Running top-``K`` screening scores (larger = closer; -inf = none) and gallery positions per query."""
-        n, ng, gc, d = len(qpos), len(prep.g), self.gallery_chunk_size, prep.d
-        gc = min(gc, ng)
+        n, ng, d = len(qpos), len(prep.g), prep.d
+        gc = min(self.gallery_chunk_size, ng)
+        tile = min(_TILE_ROWS, n)
+        bf16 = self.precision == "bf16"
+        euclidean = self.distance == "euclidean"
         chunk_excl = excl.for_queries(qpos)
         Q = prep.prep32(prep.q[qpos], None if prep.q_inv is None else prep.q_inv[qpos])
-        bf16 = precision == "bf16"
         if bf16:
             Q = Q.bfloat16()
         g_buf = torch.empty(gc * d) if prep.g_inv is not None else None
-        s_buf = torch.empty(n * gc, dtype=torch.bfloat16 if bf16 and self.distance != "euclidean" else torch.float32)
-        t_buf = torch.empty(n * gc, dtype=torch.bfloat16) if bf16 and self.distance == "euclidean" else None
+        s_buf = torch.empty(tile * gc, dtype=torch.bfloat16 if bf16 and not euclidean else torch.float32)
+        t_buf = torch.empty(tile * gc, dtype=torch.bfloat16) if bf16 and euclidean else None
         best_s = torch.full((n, K), -_INF)
         best_i = torch.full((n, K), -1, dtype=torch.int64)
         for g0 in range(0, ng, gc):
@@ -356,18 +366,52 @@ class ExactSearch(SearchBackend):
                 G = prep.prep32(G, prep.g_inv[g0:g1], out=g_buf[: m * d].view(m, d))
             if bf16:
                 G = G.bfloat16()
-            S = s_buf[: n * m].view(n, m)
-            if self.distance == "euclidean":
-                if bf16:
-                    T = torch.mm(Q, G.T, out=t_buf[: n * m].view(n, m))
-                    torch.add(prep.neg_gsq[g0:g1], T, alpha=2, out=S)
+            for r0 in range(0, n, tile):
+                r1 = min(r0 + tile, n)
+                S = s_buf[: (r1 - r0) * m].view(r1 - r0, m)
+                if euclidean:
+                    if bf16:
+                        T = torch.mm(Q[r0:r1], G.T, out=t_buf[: (r1 - r0) * m].view(r1 - r0, m))
+                        torch.add(prep.neg_gsq[g0:g1], T, alpha=2, out=S)
+                    else:
+                        torch.addmm(prep.neg_gsq[g0:g1], Q[r0:r1], G.T, alpha=2, out=S)
                 else:
-                    torch.addmm(prep.neg_gsq[g0:g1], Q, G.T, alpha=2, out=S)
-            else:
-                torch.mm(Q, G.T, out=S)
-            chunk_excl.apply(S, g0, g1, -_INF)
-            _merge_block(S, g0, best_s, best_i)
+                    torch.mm(Q[r0:r1], G.T, out=S)
+                chunk_excl.apply(S, g0, g1, -_INF, r0)
+                _merge_block(S, g0, best_s[r0:r1], best_i[r0:r1])
         return best_s, best_i
+
+    def _rescore_and_verify(self, prep: _Prepared, qpos: Tensor, best_s: Tensor, best_i: Tensor, k: int):
+        """Canonical top-k among the candidates, and which queries the bound cannot certify.
+
+        The k best-screened candidates are re-scored first; their worst canonical distance bounds the k-th, so
+        the other candidates are re-scored only where their lower bound does not exclude them.
+        """
+        n, K = best_s.shape
+        s_sorted, order = torch.sort(best_s, dim=1, descending=True)
+        i_sorted = best_i.gather(1, order)
+        valid = s_sorted > -_INF
+        cand = torch.full((n, K), _INF)
+        r, j = valid[:, :k].nonzero(as_tuple=True)
+        cand[r, j] = prep.canonical(qpos[r], i_sorted[r, j])
+        rescored = r.numel()
+        if K > k:
+            bound = torch.where(valid[:, k - 1], cand[:, :k].max(dim=1).values, _INF)
+            upper = prep.threshold(qpos, torch.where(torch.isfinite(bound), bound, 0.0))
+            lower = prep.lower_bound(qpos, torch.where(valid[:, k:], s_sorted[:, k:], 0.0), self.precision)
+            need = valid[:, k:] & ((lower <= upper[:, None]) | ~torch.isfinite(bound)[:, None])
+            r, j = need.nonzero(as_tuple=True)
+            cand[r, j + k] = prep.canonical(qpos[r], i_sorted[r, j + k])
+            rescored += r.numel()
+        self.last_stats["rescored"] += rescored
+        cand, cand_i = sort_by_distance_then_index(cand, torch.where(torch.isfinite(cand), i_sorted, -1))
+        kth = cand[:, k - 1]
+        x_last = s_sorted[:, K - 1]
+        full = x_last > -_INF
+        lower = prep.lower_bound(qpos, torch.where(full, x_last, 0.0), self.precision)
+        upper = prep.threshold(qpos, torch.where(full, kth, 0.0))
+        bad = full & ~(lower > upper)
+        return cand[:, :k], cand_i[:, :k], bad, kth
 
     # --- fallback -----------------------------------------------------------------------------------------
     def _threshold_pass(self, prep: _Prepared, fpos: Tensor, kth: Tensor, k: int, excl: Exclusion):
@@ -378,13 +422,14 @@ class ExactSearch(SearchBackend):
         """
         nf, ng, d = len(fpos), len(prep.g), prep.d
         gc = min(self.gallery_chunk_size, ng)
+        tile = min(_TILE_ROWS, self.query_chunk_size)
         out_d = torch.full((nf, k), _INF)
         out_i = torch.full((nf, k), -1, dtype=torch.int64)
         g_buf = torch.empty(gc * d) if prep.g_inv is not None else None
-        for a in range(0, nf, self.query_chunk_size):
-            qpos = fpos[a : a + self.query_chunk_size]
+        for a in range(0, nf, tile):
+            qpos = fpos[a : a + tile]
             n = len(qpos)
-            min_score = prep.min_score(qpos, kth[a : a + self.query_chunk_size])
+            min_score = prep.min_score(qpos, kth[a : a + tile])
             chunk_excl = excl.for_queries(qpos)
             Q = prep.prep32(prep.q[qpos], None if prep.q_inv is None else prep.q_inv[qpos])
             s_buf = torch.empty(n * gc)
@@ -425,4 +470,3 @@ class ExactSearch(SearchBackend):
                 best_i[rows] = cat_i.gather(1, order)
             out_d[a : a + n], out_i[a : a + n] = best_d, best_i
         return out_d, out_i
-
