@@ -1,0 +1,201 @@
+"""ExactSearch against a float64 full-matrix brute force; bf16 screening against fp32; ties, exclusion, padding."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lookalike.errors import LookalikeError
+from lookalike.retrieval import ExactSearch, Exclusion
+from lookalike.retrieval.exact import U_BF16_OUT, _Prepared
+
+INF = float("inf")
+
+
+def brute_force(q, g, k, distance, excluded=None):
+    """Full float64 distance matrix rounded to float32 (like the reported distances, so ties at float32
+    resolution are broken by index), masked, sorted by (distance, index); padding (-1, inf)."""
+    q, g = q.double(), g.double()
+    if distance == "cosine":
+        D = (1 - F.normalize(q, dim=1) @ F.normalize(g, dim=1).T).clamp_min(0)
+    elif distance == "inner_product":
+        D = -(q @ g.T)
+    else:
+        D = torch.cdist(q, g)
+    D = D.float().double()
+    if excluded is not None:
+        D = D.masked_fill(excluded, INF)
+    if D.shape[1] < k:
+        D = torch.cat([D, torch.full((len(q), k - D.shape[1]), INF, dtype=D.dtype)], dim=1)
+    order = torch.sort(D, dim=1, stable=True).indices[:, :k]
+    dist = D.gather(1, order)
+    return dist, torch.where(torch.isinf(dist), -1, order)
+
+
+def assert_matches_reference(d, i, rd, ri, atol=1e-5):
+    assert torch.equal(i, ri)
+    finite = torch.isfinite(rd)
+    assert torch.equal(torch.isfinite(d), finite)
+    assert torch.allclose(d[finite].double(), rd[finite], atol=atol, rtol=1e-5)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "inner_product", "euclidean"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_matches_full_matrix_reference_for_any_chunking(distance, precision):
+    gen = torch.Generator().manual_seed(0)
+    q, g = torch.randn(203, 24, generator=gen), torch.randn(517, 24, generator=gen)
+    rd, ri = brute_force(q, g, 7, distance)
+    results = []
+    for qc, gc in [(7, 13), (64, 100), (203, 517), (1000, 2000)]:
+        s = ExactSearch(distance, query_chunk_size=qc, gallery_chunk_size=gc, precision=precision)
+        d, i = s.search(q, g, 7)
+        assert_matches_reference(d, i, rd, ri)
+        results.append((d, i))
+    # canonical distances: bit-identical whatever the chunking
+    for d, i in results[1:]:
+        assert torch.equal(d, results[0][0]) and torch.equal(i, results[0][1])
+
+
+def test_grouped_merge_path_matches_reference():
+    # gallery chunks of 64 (a multiple of the merge's group width) over many blocks exercise the filtered merge
+    gen = torch.Generator().manual_seed(1)
+    q, g = torch.randn(300, 16, generator=gen), torch.randn(3000, 16, generator=gen)
+    rd, ri = brute_force(q, g, 5, "cosine")
+    for precision in ("fp32", "bf16"):
+        d, i = ExactSearch("cosine", query_chunk_size=128, gallery_chunk_size=64, precision=precision).search(q, g, 5)
+        assert_matches_reference(d, i, rd, ri)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_exact_ties_are_ordered_by_gallery_index(precision):
+    # 6 distinct vectors, each repeated 50 times in shuffled positions: every distance has 50 exact ties
+    gen = torch.Generator().manual_seed(2)
+    base = torch.randn(6, 12, generator=gen)
+    g = base[torch.randperm(300, generator=gen) % 6]
+    q = torch.randn(40, 12, generator=gen)
+    for distance in ("cosine", "inner_product", "euclidean"):
+        rd, ri = brute_force(q, g, 60, distance)
+        s = ExactSearch(distance, query_chunk_size=16, gallery_chunk_size=64, precision=precision, extra_candidates=4)
+        d, i = s.search(q, g, 60)
+        assert torch.equal(i, ri)
+        assert s.last_stats["fallback"] > 0  # the ties exceed the candidate margin: fallback path used
+        # within each tie group indices ascend
+        same = d[:, 1:] == d[:, :-1]
+        assert bool((i[:, 1:][same] > i[:, :-1][same]).all())
+
+
+def test_bf16_equals_fp32_on_random_data():
+    gen = torch.Generator().manual_seed(3)
+    for distance in ("cosine", "inner_product", "euclidean"):
+        for dim in (8, 64, 384):
+            q, g = torch.randn(150, dim, generator=gen), torch.randn(900, dim, generator=gen) * 2
+            a = ExactSearch(distance, precision="fp32", gallery_chunk_size=256).search(q, g, 10)
+            b = ExactSearch(distance, precision="bf16", gallery_chunk_size=256).search(q, g, 10)
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_bf16_equals_fp32_on_adversarial_near_ties():
+    # gallery = a few centres plus perturbations far below bf16 resolution (1e-5 .. 1e-3) and exact duplicates:
+    # bf16 cannot order them, the bound must send those queries to the exact fallback
+    gen = torch.Generator().manual_seed(4)
+    centres = torch.randn(5, 64, generator=gen)
+    scales = torch.tensor([0.0, 1e-6, 1e-5, 1e-4, 1e-3, 3e-3])
+    g = centres.repeat_interleave(60, 0) + torch.randn(300, 64, generator=gen) * scales.repeat(50)[:, None]
+    g = g[torch.randperm(300, generator=gen)]
+    q = torch.cat([centres + 1e-4 * torch.randn(5, 64, generator=gen), torch.randn(20, 64, generator=gen)])
+    for distance in ("cosine", "inner_product", "euclidean"):
+        fp32 = ExactSearch(distance, precision="fp32", gallery_chunk_size=64)
+        bf16 = ExactSearch(distance, precision="bf16", gallery_chunk_size=64)
+        a, b = fp32.search(q, g, 25), bf16.search(q, g, 25)
+        assert torch.equal(a[1], b[1]) and torch.equal(a[0], b[0])
+        assert bf16.last_stats["fallback"] > 0
+        rd, ri = brute_force(q, g, 25, distance)
+        # float64 reference may order pairs closer than float32 resolution differently: compare distances only
+        assert torch.allclose(a[0].double(), rd, atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_bound_covers_observed_error():
+    # cancellation-heavy vectors and a wide dynamic range: the measured bf16 screening error stays within the bound
+    gen = torch.Generator().manual_seed(5)
+    d = 384
+    q = torch.randn(64, d, generator=gen) * torch.logspace(-3, 3, d)[torch.randperm(d, generator=gen)]
+    g = torch.randn(512, d, generator=gen) * torch.logspace(-3, 3, d)[torch.randperm(d, generator=gen)]
+    g[:, ::2] += 100.0
+    q[:, 1::2] -= 100.0
+    for distance in ("cosine", "inner_product"):
+        prep = _Prepared(q, g, distance, "bf16")
+        qs = prep.prep32(q, prep.q_inv).bfloat16()
+        gs = prep.prep32(g, prep.g_inv).bfloat16()
+        observed = (qs @ gs.T).double()
+        qh = q.double() if distance == "inner_product" else F.normalize(q.double(), dim=1)
+        gh = g.double() if distance == "inner_product" else F.normalize(g.double(), dim=1)
+        exact = qh @ gh.T
+        bound = prep.score_error(torch.arange(len(q)), "bf16")[:, None] + U_BF16_OUT * observed.abs()
+        assert bool(((observed - exact).abs() <= bound).all())
+        assert float(((observed - exact).abs() / bound).max()) > 0.05  # and the bound is not absurdly loose
+
+
+def test_zero_vectors_with_cosine():
+    q = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    g = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 1.0]])
+    d, i = ExactSearch("cosine").search(q, g, 3)
+    assert i.tolist() == [[0, 1, 2], [1, 0, 2]]  # a zero vector is at distance 1 from everything; ties by index
+    assert d.tolist() == [[1.0, 1.0, 1.0], [0.0, 1.0, 1.0]]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_self_and_key_exclusion_and_callable_agree(precision, monkeypatch):
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(120, 10, generator=gen)
+    q_pos, g_pos = torch.arange(0, 80), torch.arange(30, 120)  # overlap 30..79 (dataset indices)
+    seq = torch.randint(-1, 8, (120,), generator=gen)  # -1 = no sequence
+    excluded = (q_pos[:, None] == g_pos[None, :]) | ((seq[q_pos][:, None] == seq[g_pos][None, :]) & (seq[q_pos][:, None] >= 0))
+    rd, ri = brute_force(x[q_pos], x[g_pos], 15, "euclidean", excluded)
+    keys = [(q_pos, g_pos), (seq[q_pos], seq[g_pos])]
+    s = ExactSearch("euclidean", query_chunk_size=32, gallery_chunk_size=20, precision=precision)
+    d, i = s.search(x[q_pos], x[g_pos], 15, exclude=keys)
+    assert_matches_reference(d, i, rd, ri)
+    d2, i2 = s.search(x[q_pos], x[g_pos], 15, exclude=lambda a, b: excluded[a, b])
+    assert torch.equal(d2, d) and torch.equal(i2, i)
+    monkeypatch.setattr(Exclusion, "MAX_SPARSE_PAIRS", 0)  # dense key comparison per block
+    d3, i3 = s.search(x[q_pos], x[g_pos], 15, exclude=keys)
+    assert torch.equal(d3, d) and torch.equal(i3, i)
+
+
+def test_padding_when_k_exceeds_valid_items():
+    gen = torch.Generator().manual_seed(7)
+    q, g = torch.randn(4, 3, generator=gen), torch.randn(5, 3, generator=gen)
+    d, i = ExactSearch("cosine").search(q, g, 8, exclude=(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 9, 9, 9])))
+    assert (i[:, 5:] == -1).all() and torch.isinf(d[:, 5:]).all()
+    assert (i[0] >= 0).sum() == 4 and 0 not in i[0].tolist()  # query 0 lost gallery item 0
+    assert (i[2] >= 0).sum() == 5
+    rd, ri = brute_force(q, g, 8, "cosine")
+    assert torch.equal(i[2:], ri[2:])
+
+
+def test_one_item_gallery_and_single_query():
+    g = torch.tensor([[1.0, 2.0]])
+    d, i = ExactSearch("euclidean").search(torch.tensor([[1.0, 2.0], [4.0, 6.0]]), g, 3)
+    assert i.tolist() == [[0, -1, -1], [0, -1, -1]]
+    assert d[:, 0].tolist() == [0.0, 5.0] and torch.isinf(d[:, 1:]).all()
+    d, i = ExactSearch("cosine", precision="bf16").search(torch.tensor([[1.0, 0.0]]), g, 1, exclude=([0], [0]))
+    assert i.tolist() == [[-1]] and torch.isinf(d).all()
+
+
+def test_input_validation():
+    s = ExactSearch()
+    with pytest.raises(LookalikeError, match="dimension"):
+        s.search(torch.randn(2, 3), torch.randn(4, 5), 1)
+    bad = torch.randn(6, 3)
+    bad[[1, 4], 0] = float("nan")
+    with pytest.raises(LookalikeError, match="2 of 6 rows"):
+        s.search(torch.randn(2, 3), bad, 1)
+    with pytest.raises(LookalikeError, match="positive integer"):
+        s.search(torch.randn(2, 3), torch.randn(2, 3), 0)
+    with pytest.raises(LookalikeError, match="Unknown distance"):
+        ExactSearch("manhattan")
+    with pytest.raises(LookalikeError, match="precision"):
+        ExactSearch(precision="fp16")
+    with pytest.raises(LookalikeError, match="query_chunk_size"):
+        ExactSearch(query_chunk_size=0)
+    with pytest.raises(LookalikeError, match="keys"):
+        s.search(torch.randn(2, 3), torch.randn(4, 3), 1, exclude=([0, 1, 2], [0, 1, 2, 3]))
