@@ -170,12 +170,15 @@ class Exclusion:
         if self.fn is not None:
             out = torch.as_tensor(self.fn(query_pos, gallery_pos))
             shape = torch.broadcast_shapes(query_pos.shape, gallery_pos.shape)
-            if out.dtype != torch.bool or tuple(out.shape) != tuple(shape):
+            try:
+                if out.dtype != torch.bool:
+                    raise RuntimeError
+                return out.expand(shape)
+            except RuntimeError:
                 raise LookalikeError(
-                    f"exclude callable must return a bool tensor of shape {tuple(shape)}, "
+                    f"exclude callable must return a bool tensor broadcastable to {tuple(shape)}, "
                     f"got {out.dtype} {tuple(out.shape)}."
-                )
-            return out
+                ) from None
         shape = torch.broadcast_shapes(query_pos.shape, gallery_pos.shape)
         result = torch.zeros(shape, dtype=torch.bool)
         valid_g = gallery_pos >= 0
