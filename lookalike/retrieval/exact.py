@@ -136,18 +136,24 @@ class _Prepared:
         return torch.mul(x, inv[:, None], out=out) if out is not None else x * inv[:, None]
 
     def _measure_bf16(self, x: Tensor, norm: Tensor, inv: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Exact (float64) representation error |x^ - bf16(x_s)| and norm |bf16(x_s)| of every row."""
+        """Upper bounds of |x^ - bf16(x_s)| and |bf16(x_s)| for every row, from measured rounding errors.
+
+        ``x_s - bf16(x_s)`` is exact in fp32; its fp32 norm is inflated by ``1 + 2 d u32`` for the norm's own
+        rounding, plus ``sqrt(d) 2^-62`` for squares that underflow; the normalisation error ``|x^ - x_s|`` of
+        cosine adds ``(2 u32 + u32^2) |x^|``.
+        """
+        inflate = 1.0 + 2 * self.d * U32
+        floor = self.d**0.5 * 2.0**-62
+        rel = (2 * U32 + U32 * U32) * (1 + 1e-9) if inv is not None else 0.0
         e, b = torch.empty(len(x), dtype=torch.float64), torch.empty(len(x), dtype=torch.float64)
-        step = max(1, (1 << 17) // self.d)
+        step = max(1, (1 << 20) // self.d)
         for a in range(0, len(x), step):
-            rows = x[a : a + step]
-            xs = self.prep32(rows, None if inv is None else inv[a : a + step]).bfloat16().double()
-            ideal = rows.double()
-            if inv is not None:
-                n = norm[a : a + step]
-                ideal = ideal / torch.where(n > 0, n, 1.0)[:, None]
-            e[a : a + step] = torch.linalg.vector_norm(ideal - xs, dim=1)
-            b[a : a + step] = torch.linalg.vector_norm(xs, dim=1)
+            xs = self.prep32(x[a : a + step], None if inv is None else inv[a : a + step])
+            xb = xs.bfloat16().float()
+            e[a : a + step] = torch.linalg.vector_norm(xs - xb, dim=1).double() * inflate + floor
+            b[a : a + step] = torch.linalg.vector_norm(xb, dim=1).double() * inflate + floor
+        if rel:
+            e += rel * (norm > 0).double()
         return e, b
 
     # --- bounds ---------------------------------------------------------------------------------------
@@ -234,21 +240,26 @@ def _merge_block(scores: Tensor, g0: int, best_s: Tensor, best_i: Tensor) -> Non
             if r.numel() == 0:
                 return
             if r.numel() * GROUP * 4 <= n * m:
-                counts = torch.bincount(r, minlength=n)
+                # gather the hit groups, keep the single values that beat their row's threshold
+                flat = (r * m + j)[:, None] + torch.arange(GROUP) * width  # (hits, GROUP) flat positions
+                values = scores.view(-1).index_select(0, flat.view(-1)).view(-1, GROUP)
+                hr, hc = (values > thr[r][:, None].to(values.dtype)).nonzero(as_tuple=True)
+                row_of = r[hr]  # non-decreasing
+                new_s = values[hr, hc].float()
+                new_i = flat[hr, hc] - row_of * m + g0
+                counts = torch.bincount(row_of, minlength=n)
                 rows = counts.nonzero().squeeze(1)
-                local = torch.cumsum(counts > 0, 0) - 1
-                rank = torch.arange(r.numel()) - (torch.cumsum(counts, 0) - counts)[r]
-                cols = j[:, None] + torch.arange(GROUP) * width  # (hits, GROUP)
                 span = int(counts.max())
-                vals = torch.full((len(rows), span, GROUP), -_INF)
-                idx = torch.full((len(rows), span, GROUP), -1, dtype=torch.int64)
-                vals[local[r], rank] = scores[r[:, None], cols].float()
-                idx[local[r], rank] = cols + g0
-                cat_s = torch.cat([best_s[rows], vals.view(len(rows), -1)], dim=1)
-                cat_i = torch.cat([best_i[rows], idx.view(len(rows), -1)], dim=1)
+                local = torch.cumsum(counts > 0, 0) - 1
+                rank = torch.arange(len(row_of)) - (torch.cumsum(counts, 0) - counts)[row_of]
+                slot = local[row_of] * span + rank
+                vals = torch.full((len(rows) * span,), -_INF).index_copy_(0, slot, new_s).view(len(rows), span)
+                idx = torch.full((len(rows) * span,), -1, dtype=torch.int64).index_copy_(0, slot, new_i)
+                cat_s = torch.cat([best_s.index_select(0, rows), vals], dim=1)
+                cat_i = torch.cat([best_i.index_select(0, rows), idx.view(len(rows), span)], dim=1)
                 top_s, pos = torch.topk(cat_s, K, dim=1, sorted=False)
-                best_s[rows] = top_s
-                best_i[rows] = cat_i.gather(1, pos)
+                best_s.index_copy_(0, rows, top_s)
+                best_i.index_copy_(0, rows, cat_i.gather(1, pos))
                 return
     top_s, pos = torch.topk(scores, min(K, m), dim=1, sorted=False)
     cat_s = torch.cat([best_s, top_s.float()], dim=1)
