@@ -277,7 +277,8 @@ class ExactSearch(SearchBackend):
     Memory: ``query_chunk_size x dim`` (prepared queries) + ``2048 x gallery_chunk_size`` (a score tile) +
     ``Nq x (k + extra_candidates)``; the gallery is read block by block once per query chunk.
     ``extra_candidates`` is how many candidates beyond ``k`` each query keeps for the verification (default:
-    8 for fp32, ``max(32, k)`` for bf16); more means fewer fallbacks and a slower merge.
+    8 for fp32, ``max(32, k)`` for bf16 or when torch may run fp32 matmuls in reduced precision); more means
+    fewer fallbacks and a slower merge.
     After each call ``last_stats`` holds counts: queries, fallback (queries re-searched), rescored (pairs).
     """
 
@@ -333,8 +334,8 @@ class ExactSearch(SearchBackend):
         excl = Exclusion(exclude, nq, ng)
         prep = _Prepared(q, g, self.distance, self.precision)
         extra = self.extra_candidates
-        if extra is None:
-            extra = 8 if self.precision == "fp32" else max(32, k)
+        if extra is None:  # fp32 screening is accurate to ~1e-5 unless torch runs fp32 matmuls in bf16/tf32
+            extra = 8 if self.precision == "fp32" and prep.ieee else max(32, k)
         K = k + extra
         failing, fail_kth = [], []
         for q0 in range(0, nq, self.query_chunk_size):

@@ -199,3 +199,17 @@ def test_input_validation():
         ExactSearch(query_chunk_size=0)
     with pytest.raises(LookalikeError, match="keys"):
         s.search(torch.randn(2, 3), torch.randn(4, 3), 1, exclude=([0, 1, 2], [0, 1, 2, 3]))
+
+
+def test_reduced_precision_fp32_matmul_setting_keeps_results_exact():
+    # torch.set_float32_matmul_precision("medium") lets oneDNN run fp32 matmuls in bf16: the bound widens
+    gen = torch.Generator().manual_seed(8)
+    q, g = torch.randn(50, 64, generator=gen), torch.randn(600, 64, generator=gen)
+    expected = ExactSearch("inner_product").search(q, g, 10)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        got = ExactSearch("inner_product").search(q, g, 10)
+    finally:
+        torch.set_float32_matmul_precision(before)
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
