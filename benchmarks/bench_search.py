@@ -60,16 +60,21 @@ def naive_topk(q: torch.Tensor, g: torch.Tensor, k: int):
     return v, i
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
 def rss_peak_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    """Peak RSS of this process image: VmHWM (ru_maxrss would include the parent's RSS at fork time)."""
+    return _status_mb("VmHWM")
 
 
 def rss_now_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+    return _status_mb("VmRSS")
 
 
 # --- sections ---------------------------------------------------------------------------------------------
@@ -120,6 +125,7 @@ def large_child(precision: str, nq: int, ng: int, dim: int, k: int) -> None:
     out = {
         "precision": precision, "nq": nq, "ng": ng, "dim": dim, "k": k, "data_s": t_data, "search_s": t_search,
         "rss_after_data_mb": rss_data, "peak_rss_mb": rss_peak_mb(), "fallback": s.last_stats["fallback"],
+        "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "ids_sum": int(i.sum()), "dist_sum": float(d.double().sum()),
     }
     print(json.dumps(out))
@@ -173,8 +179,10 @@ def report(exact: dict, faiss_rows: list[dict], large: list[dict], command: str)
         lines += [
             f"### Large: {large[0]['nq']:,} queries x {large[0]['ng']:,} gallery, dim {large[0]['dim']}, exact top-{large[0]['k']}",
             "",
-            "Each run in its own process; peak RSS from `resource.getrusage(RUSAGE_SELF).ru_maxrss` (includes the "
-            f"{large[0]['ng'] * large[0]['dim'] * 4 / 2**30:.2f} GiB float32 gallery itself).",
+            "Each run in its own process (started before the other sections allocate anything); peak RSS = "
+            "`VmHWM` of `/proc/self/status` at the end of the run, which includes the "
+            f"{large[0]['ng'] * large[0]['dim'] * 4 / 2**30:.2f} GiB float32 gallery itself "
+            "(`resource.getrusage(...).ru_maxrss` agrees when the parent is small).",
             "",
             "| precision | search (s) | peak RSS (MiB) | RSS after data (MiB) | fallback queries |",
             "|---|---|---|---|---|",
@@ -227,21 +235,20 @@ def main() -> None:
         large_child(args.large_child, args.nq, args.ng, args.dim, args.k)
         return
     command = "python " + " ".join([os.path.relpath(__file__, ROOT)] + sys.argv[1:])
+    large_sizes = (1000, 50_000) if args.quick else (args.nq, args.ng)
+    large = []  # first, while this parent process is still small
+    for precision in ("fp32", "bf16"):
+        large.append(run_large(precision, large_sizes[0], large_sizes[1], args.dim, args.k))
+        print(json.dumps(large[-1]), flush=True)
     if args.quick:
         exact = compare_exact(2000, 5000, args.dim, args.k, repeat=1)
         FAISS_SIZES = (500, 20_000)
-        large_sizes = (1000, 50_000)
     else:
         exact = compare_exact(20_000, 20_000, args.dim, args.k, repeat=2)
-        large_sizes = (args.nq, args.ng)
     print(json.dumps(exact), flush=True)
     faiss_rows = compare_faiss(FAISS_SIZES[0], FAISS_SIZES[1], args.dim, args.k)
     for r in faiss_rows:
         print(json.dumps(r), flush=True)
-    large = []
-    for precision in ("fp32", "bf16"):
-        large.append(run_large(precision, large_sizes[0], large_sizes[1], args.dim, args.k))
-        print(json.dumps(large[-1]), flush=True)
     section = report(exact, faiss_rows, large, command)
     print(section)
     if not (args.quick or args.no_write):

@@ -11,10 +11,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["tree_sum", "row_norms", "pair_distances"]
+__all__ = ["TINY_NORM", "tree_sum", "tree_sum_", "row_sq_norms", "pair_distances"]
 
-#: float64 elements per temporary (1 MB): small temporaries stay in the allocator's heap (no page faults)
-_CHUNK_ELEMENTS = 1 << 17
+#: float64 elements per temporary buffer (about 3 MB for the pairs of `pair_distances`)
+_CHUNK_ELEMENTS = 1 << 19
+#: cosine treats vectors with a smaller norm as zero vectors (their direction is noise)
+TINY_NORM = 1e-30
 
 
 def tree_sum(x: Tensor) -> Tensor:
@@ -29,14 +31,32 @@ def tree_sum(x: Tensor) -> Tensor:
     return x[..., 0]
 
 
-def row_norms(x: Tensor) -> Tensor:
-    """Canonical float64 Euclidean norm of every row of ``x`` (`tree_sum`, so reproducible per row)."""
-    rows = max(1, _CHUNK_ELEMENTS // max(x.shape[1], 1))
-    out = torch.empty(len(x), dtype=torch.float64)
-    for a in range(0, len(x), rows):
-        block = x[a : a + rows].double()
-        out[a : a + rows] = tree_sum(block * block).sqrt()
+def row_sq_norms(x: Tensor) -> Tensor:
+    """Canonical float64 squared Euclidean norm of every row of ``x`` (`tree_sum`, so reproducible per row)."""
+    n, d = x.shape
+    rows = min(max(n, 1), max(1, _CHUNK_ELEMENTS // max(d, 1)))
+    buf = torch.empty(rows, d, dtype=torch.float64)
+    out = torch.empty(n, dtype=torch.float64)
+    for a in range(0, n, rows):
+        m = min(rows, n - a)
+        block = buf[:m]
+        block.copy_(x[a : a + m])
+        out[a : a + m] = tree_sum_(block.mul_(block))
     return out
+
+
+def tree_sum_(x: Tensor) -> Tensor:
+    """In-place `tree_sum` of a 2-D tensor (same additions in the same order, so bit-identical); clobbers ``x``."""
+    n = x.shape[1]
+    while n > 1:
+        half = n // 2
+        x[:, :half].add_(x[:, half : 2 * half])
+        if n % 2:
+            x[:, half].copy_(x[:, 2 * half])
+            n = half + 1
+        else:
+            n = half
+    return x[:, 0]
 
 
 def pair_distances(
@@ -45,32 +65,40 @@ def pair_distances(
     query_pos: Tensor,
     gallery_pos: Tensor,
     distance: str,
-    query_norms: Tensor | None = None,
+    query_sq_norms: Tensor | None = None,
 ) -> Tensor:
     """Canonical float32 distances of the pairs ``(queries[query_pos[i]], gallery[gallery_pos[i]])``.
 
-    cosine = ``max(0, 1 - <q, g> / (|q| |g|))`` (a zero vector is at distance 1 from everything),
-    inner_product = ``-<q, g>``, euclidean = ``sqrt(sum((q - g)^2))``. ``query_norms`` (cosine only) are the
-    `row_norms` of ``queries``, passed when already known (same values either way).
+    cosine = ``max(0, 1 - <q, g> / sqrt(|q|^2 |g|^2))`` (vectors with norm <= `TINY_NORM` count as zero
+    vectors, at distance 1 from everything; a vector is at distance exactly 0 from itself), inner_product =
+    ``-<q, g>``, euclidean = ``sqrt(sum((q - g)^2))``. ``query_sq_norms`` (cosine only) are the `row_sq_norms`
+    of ``queries``, passed when already known (same values). Products of float32 numbers are exact in float64,
+    so only the tree's additions (and the final divisions / square roots) round.
     """
-    n = len(query_pos)
+    n, d = len(query_pos), queries.shape[1]
     out = torch.empty(n, dtype=torch.float32)
-    step = max(1, _CHUNK_ELEMENTS // max(queries.shape[1], 1))
-    for a in range(0, n, step):
-        qi, gi = query_pos[a : a + step], gallery_pos[a : a + step]
-        q, g = queries.index_select(0, qi).double(), gallery.index_select(0, gi).double()
+    step = min(max(n, 1), max(1, _CHUNK_ELEMENTS // max(d, 1)))
+    # preallocated buffers: no allocation (and no page faults) inside the loop
+    qf, gf = torch.empty(step, d), torch.empty(step, d)
+    a, b = torch.empty(step, d, dtype=torch.float64), torch.empty(step, d, dtype=torch.float64)
+    c = torch.empty(step, d, dtype=torch.float64) if distance == "cosine" else None
+    for s0 in range(0, n, step):
+        m = min(step, n - s0)
+        qi, gi = query_pos[s0 : s0 + m], gallery_pos[s0 : s0 + m]
+        A, B = a[:m], b[:m]
+        A.copy_(torch.index_select(queries, 0, qi, out=qf[:m]))
+        B.copy_(torch.index_select(gallery, 0, gi, out=gf[:m]))
         if distance == "euclidean":
-            diff = q - g
-            value = tree_sum(diff * diff).sqrt()
+            A.sub_(B)
+            value = tree_sum_(A.mul_(A)).sqrt()
+        elif distance == "inner_product":
+            value = tree_sum_(A.mul_(B)).neg()
         else:
-            dot = tree_sum(q * g)
-            if distance == "inner_product":
-                value = -dot
-            else:
-                q_norm = query_norms[qi] if query_norms is not None else tree_sum(q * q).sqrt()
-                denom = q_norm * tree_sum(g * g).sqrt()
-                ok = denom > 0
-                cos = torch.where(ok, dot / torch.where(ok, denom, 1.0), torch.zeros_like(dot))
-                value = (1.0 - cos).clamp_min(0.0)
-        out[a : a + step] = value.float()
+            dot = tree_sum_(torch.mul(A, B, out=c[:m])).clone()
+            g_sq = tree_sum_(B.mul_(B))
+            q_sq = query_sq_norms[qi] if query_sq_norms is not None else tree_sum_(A.mul_(A))
+            ok = (q_sq > TINY_NORM**2) & (g_sq > TINY_NORM**2)
+            denom = torch.where(ok, (q_sq * g_sq).sqrt(), 1.0)
+            value = (1.0 - torch.where(ok, dot / denom, 0.0)).clamp_min(0.0)
+        out[s0 : s0 + m] = value.float()
     return out

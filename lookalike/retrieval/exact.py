@@ -28,9 +28,10 @@ roundoff ``u = 2^-8``). Write ``e = |x^ - x_s|`` (Euclidean norm of the represen
 
     |<q^, g^> - <q_s, g_s>| = |<q^ - q_s, g^> + <q_s, g^ - g_s>| <= e_q |g^| + B_q e_g.
 
-For bf16, ``e`` and ``B`` are measured exactly (float64) for every row, which is tighter than the textbook
-``(2u + u^2) sum |q_i||g_i| <= (2u + u^2) |q||g|`` but implies it. For fp32 cosine the normalisation costs
-``e <= (2 u32 + u32^2) |x^|`` (``u32 = 2^-24``); for inner product / euclidean ``e = 0``.
+For bf16, ``e`` and ``B`` are measured for every row (``x_s - bf16(x_s)`` is exact in fp32; its norm is
+inflated for its own rounding), which is tighter than the textbook ``(2u + u^2) sum |q_i||g_i| <=
+(2u + u^2) |q||g|`` but implies it. For fp32 cosine the normalisation costs ``e <= (2 u32 + u32^2) |x^|``
+(``u32 = 2^-24``); for inner product / euclidean ``e = 0``.
 Products of bf16 numbers are exact in fp32; summing ``d`` terms in fp32 in *any* order adds at most
 ``gamma_d sum |q_s,i g_s,i| <= gamma_d B_q B_g`` with ``gamma_d = d u32 / (1 - d u32)``. A bf16 *output*
 is rounded once more: ``|s_out - s| <= u/(1-u) |s_out|`` (applied to the observed score, a monotone term).
@@ -62,7 +63,7 @@ from lookalike.retrieval.base import (
     check_k,
     sort_by_distance_then_index,
 )
-from lookalike.retrieval.distances import pair_distances, row_norms
+from lookalike.retrieval.distances import TINY_NORM, pair_distances, row_sq_norms
 
 __all__ = ["ExactSearch", "PRECISIONS"]
 
@@ -76,6 +77,8 @@ GROUP = 16
 #: query rows per score tile (a tile x gallery_chunk_size block stays cache-friendly)
 _TILE_ROWS = 2048
 _INF = float("inf")
+#: relative error of fp32 normalisation ``x * fl32(1 / |x|_64)``: two roundings, plus the float64 norm's own error
+_REL32 = 2 * U32 + U32 * U32 + 1e-12
 
 
 def _fp32_matmul_is_ieee() -> bool:
@@ -106,18 +109,18 @@ class _Prepared:
         self.q, self.g, self.distance, self.precision = queries, gallery, distance, precision
         self.d = d = queries.shape[1]
         cosine = distance == "cosine"
-        # accurate float64 norms for screening and bounds; canonical (tree-sum) query norms for cosine re-scoring
+        # accurate float64 norms for screening and bounds; canonical (tree-sum) squared query norms for cosine
         self.q_norm, self.g_norm = _fast_norms(queries), _fast_norms(gallery)
-        self.q_norm_canonical = row_norms(queries) if cosine else None
+        self.q_sq_canonical = row_sq_norms(queries) if cosine else None
         self.q_inv = self._inverse(self.q_norm) if cosine else None
         self.g_inv = self._inverse(self.g_norm) if cosine else None
         if distance == "euclidean":
             self.neg_gsq = (-self.g_norm.square()).float()
         self.gamma = d * U32 / (1.0 - d * U32)
-        self.g_hat_max = float((self.g_norm > 0).any()) if cosine else float(self.g_norm.max())
-        self.q_hat = (self.q_norm > 0).double() if cosine else self.q_norm
+        self.g_hat_max = float((self.g_norm > TINY_NORM).any()) if cosine else float(self.g_norm.max())
+        self.q_hat = (self.q_norm > TINY_NORM).double() if cosine else self.q_norm
         # fp32 screening terms (analytic)
-        rel = (2 * U32 + U32 * U32) * (1 + 1e-9) if cosine else 0.0
+        rel = _REL32 if cosine else 0.0
         self.e32_g, self.b32_g = rel * self.g_hat_max, (1 + rel) * self.g_hat_max
         self.ieee = _fp32_matmul_is_ieee()
         if precision == "bf16":
@@ -127,7 +130,8 @@ class _Prepared:
 
     @staticmethod
     def _inverse(norm: Tensor) -> Tensor:
-        return torch.where(norm > 0, 1.0 / torch.where(norm > 0, norm, 1.0), 0.0).float()
+        ok = norm > TINY_NORM  # smaller norms count as zero vectors, as in the canonical cosine
+        return torch.where(ok, 1.0 / torch.where(ok, norm, 1.0), 0.0).float()
 
     def prep32(self, x: Tensor, inv: Tensor | None, out: Tensor | None = None) -> Tensor:
         """Screening vectors in fp32: normalised rows (cosine) or the rows themselves."""
@@ -144,7 +148,7 @@ class _Prepared:
         """
         inflate = 1.0 + 2 * self.d * U32
         floor = self.d**0.5 * 2.0**-62
-        rel = (2 * U32 + U32 * U32) * (1 + 1e-9) if inv is not None else 0.0
+        rel = _REL32 if inv is not None else 0.0
         e, b = torch.empty(len(x), dtype=torch.float64), torch.empty(len(x), dtype=torch.float64)
         step = max(1, (1 << 20) // self.d)
         for a in range(0, len(x), step):
@@ -153,7 +157,7 @@ class _Prepared:
             e[a : a + step] = torch.linalg.vector_norm(xs - xb, dim=1).double() * inflate + floor
             b[a : a + step] = torch.linalg.vector_norm(xb, dim=1).double() * inflate + floor
         if rel:
-            e += rel * (norm > 0).double()
+            e += rel * (norm > TINY_NORM).double()
         return e, b
 
     # --- bounds ---------------------------------------------------------------------------------------
@@ -163,7 +167,7 @@ class _Prepared:
         if precision == "bf16":
             e_q, b_q, e_g, b_g = self.e_q[qpos], self.b_q[qpos], self.e_g_max, self.b_g_max
         else:
-            rel = (2 * U32 + U32 * U32) * (1 + 1e-9) if self.distance == "cosine" else 0.0
+            rel = _REL32 if self.distance == "cosine" else 0.0
             e_q, b_q, e_g, b_g = rel * q_hat, (1 + rel) * q_hat, self.e32_g, self.b32_g
         core = e_q * self.g_hat_max + b_q * e_g + self.gamma * b_q * b_g
         if precision == "fp32" and not self.ieee:
@@ -220,30 +224,40 @@ class _Prepared:
         return torch.where(x32.double() > x, torch.nextafter(x32, torch.tensor(-_INF)), x32)
 
     def canonical(self, qpos: Tensor, gpos: Tensor) -> Tensor:
-        return pair_distances(self.q, self.g, qpos, gpos, self.distance, self.q_norm_canonical)
+        return pair_distances(self.q, self.g, qpos, gpos, self.distance, self.q_sq_canonical)
 
 
 def _merge_block(scores: Tensor, g0: int, best_s: Tensor, best_i: Tensor) -> None:
     """Merge a block of scores (rows x m, larger = closer) into the running top-K ``best_s``/``best_i`` in place.
 
-    Column groups ``{j, j + m/GROUP, ...}`` whose maximum does not beat a row's current K-th score cannot change
-    that row's top-K, so after the first blocks only a few groups per row are gathered and merged.
+    Column groups ``{j, j + m/GROUP, ...}`` whose maximum is below a row's threshold cannot change that row's
+    top-K, so only a few groups per row are gathered and merged. The threshold is the row's current K-th score,
+    or, while a row holds fewer than K items, the K-th largest group maximum of this block (at least K values of
+    the block reach it). Everything dropped is at most the final K-th score, which the verification relies on.
     """
     n, m = scores.shape
     K = best_s.shape[1]
-    if m % GROUP == 0 and m >= 4 * GROUP:
+    width = m // GROUP
+    if m % GROUP == 0 and width >= 4:
         thr = best_s.min(dim=1).values
-        if bool(torch.isfinite(thr).all()):
-            width = m // GROUP
-            group_max = scores.view(n, GROUP, width).amax(dim=1)
-            r, j = (group_max > thr[:, None].to(group_max.dtype)).nonzero(as_tuple=True)
+        group_max = scores.view(n, GROUP, width).amax(dim=1)
+        inclusive = not bool(torch.isfinite(thr).all())
+        if inclusive and width >= K:
+            t = torch.topk(group_max, K, dim=1, sorted=False).values.min(dim=1).values.float()
+            thr = torch.maximum(thr, t)
+        if not inclusive or width >= K:
+            thr_s = thr[:, None].to(group_max.dtype)
+            hit = group_max >= thr_s if inclusive else group_max > thr_s
+            r, j = hit.nonzero(as_tuple=True)
             if r.numel() == 0:
                 return
             if r.numel() * GROUP * 4 <= n * m:
-                # gather the hit groups, keep the single values that beat their row's threshold
+                # gather the hit groups, keep the single values that reach their row's threshold
                 flat = (r * m + j)[:, None] + torch.arange(GROUP) * width  # (hits, GROUP) flat positions
                 values = scores.view(-1).index_select(0, flat.view(-1)).view(-1, GROUP)
-                hr, hc = (values > thr[r][:, None].to(values.dtype)).nonzero(as_tuple=True)
+                thr_r = thr_s[r]
+                keep = values >= thr_r if inclusive else values > thr_r
+                hr, hc = keep.nonzero(as_tuple=True)
                 row_of = r[hr]  # non-decreasing
                 new_s = values[hr, hc].float()
                 new_i = flat[hr, hc] - row_of * m + g0
