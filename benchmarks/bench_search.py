@@ -101,7 +101,8 @@ def compare_faiss(nq: int, ng: int, dim: int, k: int) -> list[dict]:
     g = clustered(ng, dim, max(ng // 50, 1), seed=4)
     t_exact, (_, exact_ids) = timed(lambda: ExactSearch("cosine", precision="bf16").search(q, g, k))
     rows = [{"backend": "exact-bf16", "build_s": 0.0, "search_s": t_exact, "recall": 1.0}]
-    for factory, opts in (("IVF1024,Flat", {"nprobe": 16}), ("IVF1024,Flat", {"nprobe": 64}), ("HNSW32", {"efSearch": 128})):
+    configs = (("IVF1024,Flat", {"nprobe": 16}), ("IVF1024,Flat", {"nprobe": 64}), ("HNSW32", {"efSearch": 128}))
+    for factory, opts in configs:
         s = FaissSearch(factory, "cosine", **opts)
         t_build, _ = timed(lambda: s.fit(g))
         t_search, (_, ids) = timed(lambda: s.search(q, g, k))
@@ -132,7 +133,8 @@ def large_child(precision: str, nq: int, ng: int, dim: int, k: int) -> None:
 
 
 def run_large(precision: str, nq: int, ng: int, dim: int, k: int) -> dict:
-    cmd = [sys.executable, __file__, "--large-child", precision, "--nq", str(nq), "--ng", str(ng), "--dim", str(dim), "--k", str(k)]
+    cmd = [sys.executable, __file__, "--large-child", precision]
+    cmd += ["--nq", str(nq), "--ng", str(ng), "--dim", str(dim), "--k", str(k)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -177,7 +179,8 @@ def report(exact: dict, faiss_rows: list[dict], large: list[dict], command: str)
         lines.append("")
     if large:
         lines += [
-            f"### Large: {large[0]['nq']:,} queries x {large[0]['ng']:,} gallery, dim {large[0]['dim']}, exact top-{large[0]['k']}",
+            f"### Large: {large[0]['nq']:,} queries x {large[0]['ng']:,} gallery, dim {large[0]['dim']}, "
+            f"exact top-{large[0]['k']}",
             "",
             "Each run in its own process (started before the other sections allocate anything); peak RSS = "
             "`VmHWM` of `/proc/self/status` at the end of the run, which includes the "
@@ -189,7 +192,8 @@ def report(exact: dict, faiss_rows: list[dict], large: list[dict], command: str)
         ]
         for r in large:
             lines.append(
-                f"| {r['precision']} | {r['search_s']:.1f} | {r['peak_rss_mb']:.0f} | {r['rss_after_data_mb']:.0f} | {r['fallback']} |"
+                f"| {r['precision']} | {r['search_s']:.1f} | {r['peak_rss_mb']:.0f} | "
+                f"{r['rss_after_data_mb']:.0f} | {r['fallback']} |"
             )
         if len(large) == 2:
             same = large[0]["ids_sum"] == large[1]["ids_sum"] and large[0]["dist_sum"] == large[1]["dist_sum"]

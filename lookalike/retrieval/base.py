@@ -111,7 +111,7 @@ class Exclusion:
     """
 
     #: above this many excluded pairs the keys are compared block by block instead
-    MAX_SPARSE_PAIRS = 20_000_000
+    MAX_SPARSE_PAIRS = 4_000_000
 
     def __init__(self, exclude: ExcludeSpec, n_queries: int, n_gallery: int):
         self.n_queries, self.n_gallery = n_queries, n_gallery
@@ -152,8 +152,8 @@ class Exclusion:
             per_query += count
             ranges.append((lo, count, g_sorted_pos))
         self.per_query = per_query
-        if int(per_query.sum()) > self.MAX_SPARSE_PAIRS:
-            return  # keep self.pairs = None: blocks compare keys densely
+        if not self.keys or int(per_query.sum()) > self.MAX_SPARSE_PAIRS:
+            return  # nothing to exclude, or too many pairs: blocks compare keys densely
         qs, gs = [], []
         for lo, count, g_sorted_pos in ranges:
             n = int(count.sum())

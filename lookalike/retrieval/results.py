@@ -33,7 +33,9 @@ def factorize_sequences(sequences: Any) -> Tensor:
 def _as_1d(x: Any, n: int, name: str) -> Tensor:
     t = x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
     if t.ndim != 1 or len(t) != n:
-        raise LookalikeError(f"{name} must be a 1-D array with one value per embedding ({n}), got shape {tuple(t.shape)}.")
+        raise LookalikeError(
+            f"{name} must be a 1-D array with one value per embedding ({n}), got shape {tuple(t.shape)}."
+        )
     return t.detach().cpu()
 
 
@@ -84,9 +86,12 @@ class RetrievalResults:
                 )
         for name, n in (("n_relevant", nq), ("query_labels", nq), ("gallery_labels", ng)):
             if tuple(getattr(self, name).shape) != (n,):
-                raise LookalikeError(f"RetrievalResults: {name} must have shape ({n},), got {tuple(getattr(self, name).shape)}.")
+                got = tuple(getattr(self, name).shape)
+                raise LookalikeError(f"RetrievalResults: {name} must have shape ({n},), got {got}.")
         if self.query_categories is not None and len(self.query_categories) != nq:
-            raise LookalikeError(f"RetrievalResults: query_categories must have {nq} entries, got {len(self.query_categories)}.")
+            raise LookalikeError(
+                f"RetrievalResults: query_categories must have {nq} entries, got {len(self.query_categories)}."
+            )
 
     # --- shape -------------------------------------------------------------------------------------
     @property
@@ -115,7 +120,9 @@ class RetrievalResults:
         sel = sel.cpu()
         if sel.dtype == torch.bool:
             if sel.shape != (self.n_queries,):
-                raise LookalikeError(f"subset: a bool mask must have shape ({self.n_queries},), got {tuple(sel.shape)}.")
+                raise LookalikeError(
+                    f"subset: a bool mask must have shape ({self.n_queries},), got {tuple(sel.shape)}."
+                )
             sel = sel.nonzero().squeeze(1)
         elif sel.is_floating_point() or sel.ndim != 1:
             raise LookalikeError("subset: pass a 1-D bool mask or integer query positions.")
@@ -151,7 +158,9 @@ class RetrievalResults:
         """The first ``k`` columns (``k`` at most the current `k`)."""
         k = check_k(k)
         if k > self.k:
-            raise LookalikeError(f"top({k}): these results only hold k={self.k} items per query; search again with k>={k}.")
+            raise LookalikeError(
+                f"top({k}): these results only hold k={self.k} items per query; search again with k>={k}."
+            )
         return replace(
             self,
             retrieved_ids=self.retrieved_ids[:, :k].contiguous(),
@@ -214,7 +223,10 @@ class RetrievalResults:
             seq = factorize_sequences(sequences)
         cats = None
         if categories is not None:
-            cat_arr = categories.cpu().numpy() if isinstance(categories, Tensor) else np.asarray(categories, dtype=object)
+            if isinstance(categories, Tensor):
+                cat_arr = categories.cpu().numpy()
+            else:
+                cat_arr = np.asarray(categories, dtype=object)
             if cat_arr.ndim != 1 or len(cat_arr) != n:
                 raise LookalikeError(f"categories must have one value per embedding ({n}), got shape {cat_arr.shape}.")
             cats = cat_arr

@@ -148,7 +148,8 @@ def test_self_and_key_exclusion_and_callable_agree(precision, monkeypatch):
     x = torch.randn(120, 10, generator=gen)
     q_pos, g_pos = torch.arange(0, 80), torch.arange(30, 120)  # overlap 30..79 (dataset indices)
     seq = torch.randint(-1, 8, (120,), generator=gen)  # -1 = no sequence
-    excluded = (q_pos[:, None] == g_pos[None, :]) | ((seq[q_pos][:, None] == seq[g_pos][None, :]) & (seq[q_pos][:, None] >= 0))
+    same_seq = (seq[q_pos][:, None] == seq[g_pos][None, :]) & (seq[q_pos][:, None] >= 0)
+    excluded = (q_pos[:, None] == g_pos[None, :]) | same_seq
     rd, ri = brute_force(x[q_pos], x[g_pos], 15, "euclidean", excluded)
     keys = [(q_pos, g_pos), (seq[q_pos], seq[g_pos])]
     s = ExactSearch("euclidean", query_chunk_size=32, gallery_chunk_size=20, precision=precision)

@@ -36,7 +36,11 @@ def brute_force_results(emb, labels, is_query, is_gallery, sequences, k):
     x = F.normalize(emb.double(), dim=1)
     ids, n_rel = [], []
     for qi in q_ids:
-        allowed = [p for p, gi in enumerate(g_ids) if gi != qi and not (sequences is not None and same_sequence(sequences, qi, gi))]
+        allowed = [
+            p
+            for p, gi in enumerate(g_ids)
+            if gi != qi and not (sequences is not None and same_sequence(sequences, qi, gi))
+        ]
         dist = {p: float((1 - x[qi] @ x[g_ids[p]]).float()) for p in allowed}
         ranked = sorted(allowed, key=lambda p: (dist[p], p))[:k]
         ids.append(ranked + [-1] * (k - len(ranked)))
@@ -107,7 +111,8 @@ def test_with_threshold_top_subset():
     assert t.is_relevant.tolist() == [[True, False, False], [False, False, False], [True, True, False]]
     assert torch.equal(t.n_relevant, r.n_relevant)
     top = r.top(2)
-    assert top.k == 2 and torch.equal(top.retrieved_ids, r.retrieved_ids[:, :2]) and torch.equal(top.n_relevant, r.n_relevant)
+    assert top.k == 2 and torch.equal(top.retrieved_ids, r.retrieved_ids[:, :2])
+    assert torch.equal(top.n_relevant, r.n_relevant)
     with pytest.raises(LookalikeError, match="k=3"):
         r.top(4)
     sub = r.subset(torch.tensor([True, False, True]))
