@@ -1,0 +1,84 @@
+"""Image transform presets by name, on torchvision.transforms.v2 (input: PIL image or uint8 HxWx3 array)."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+
+import torch
+from torchvision.transforms import v2
+
+from lookalike.errors import LookalikeError
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TRANSFORM_PRESETS", "get_transforms", "denormalize"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _PadToSquare(torch.nn.Module):
+    """Pads the shorter side with white so the image becomes square (keeps the aspect ratio on resize)."""
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        height, width = image.shape[-2:]
+        if height == width:
+            return image
+        side = max(height, width)
+        left, top = (side - width) // 2, (side - height) // 2
+        fill = 255 if image.dtype == torch.uint8 else 1.0
+        return v2.functional.pad(image, [left, top, side - width - left, side - height - top], fill=fill)
+
+
+def _normalise() -> list[v2.Transform]:
+    return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), v2.ToPureTensor()]
+
+
+def _train(image_size: int, scale: tuple[float, float] = (0.6, 1.0), hflip: float = 0.5,
+           jitter: float = 0.3) -> v2.Compose:
+    return v2.Compose([
+        v2.ToImage(),
+        _PadToSquare(),
+        v2.RandomResizedCrop(image_size, scale=scale, ratio=(0.8, 1.25), antialias=True),
+        v2.RandomHorizontalFlip(hflip),
+        v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=min(jitter / 3, 0.5)),
+        *_normalise(),
+    ])
+
+
+def _val(image_size: int) -> v2.Compose:
+    return v2.Compose([v2.ToImage(), _PadToSquare(), v2.Resize((image_size, image_size), antialias=True),
+                       *_normalise()])
+
+
+def _to_tensor(image_size: int | None = None) -> v2.Compose:
+    steps: list = [v2.ToImage(), _PadToSquare()]
+    if image_size is not None:
+        steps.append(v2.Resize((image_size, image_size), antialias=True))
+    return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor()])
+
+
+TRANSFORM_PRESETS: dict[str, Callable[..., v2.Compose]] = {
+    "train": _train,        # augmentations for training
+    "val": _val,            # pad to square, resize, normalise
+    "to_tensor": _to_tensor,  # float in [0, 1], no normalisation
+}
+
+
+def get_transforms(name: str, image_size: int = 224, **kwargs) -> Callable:
+    """The transform preset `name` ("train", "val", "to_tensor", "none") for square inputs of `image_size`."""
+    if name == "none":
+        return _to_tensor(None)
+    if name not in TRANSFORM_PRESETS:
+        choices = [*TRANSFORM_PRESETS, "none"]
+        close = difflib.get_close_matches(name, choices, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise LookalikeError(f"unknown transforms preset {name!r}; valid presets: {', '.join(choices)}.{hint}")
+    return TRANSFORM_PRESETS[name](image_size, **kwargs)
+
+
+def denormalize(tensor: torch.Tensor) -> torch.Tensor:
+    """Undo the ImageNet normalisation: back to [0, 1] for pictures."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
+    return (tensor * std + mean).clamp(0, 1)
+

@@ -1,0 +1,369 @@
+"""The dataset CSV: read it, check every rule of the format, and report all problems in one clear message.
+
+Row numbers in messages are CSV line numbers: the header is line 1, the first data row is line 2, so a user
+can jump straight to them in an editor.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lookalike.data import schema
+from lookalike.data.images import image_size, read_image
+from lookalike.errors import DatasetError
+
+__all__ = ["DatasetSummary", "load_dataset_table", "check_dataset", "format_summary"]
+
+_SHOWN = 10  # rows / files / labels named in one message
+_TRUE = frozenset({"true", "1", "yes", "y", "t", "1.0"})
+_FALSE = frozenset({"false", "0", "no", "n", "f", "0.0"})
+CHECK_IMAGES = ("none", "exists", "decode")
+QUERIES_WITHOUT_GALLERY = ("error", "drop")
+
+
+@dataclass
+class DatasetSummary:
+    """What a valid dataset holds, for the check-data report."""
+
+    csv: str
+    n_items: int
+    n_labels: int
+    items_per_split: dict[str, int]
+    labels_per_split: dict[str, int]
+    n_queries: int
+    n_gallery: int
+    n_categories: int | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def _lines(mask: np.ndarray | pd.Series) -> str:
+    """'CSV lines 2, 7 and 9' for the rows where mask is true (the first few, then a count)."""
+    rows = np.flatnonzero(np.asarray(mask)) + 2
+    shown = ", ".join(str(r) for r in rows[:_SHOWN])
+    more = f" (and {len(rows) - _SHOWN} more)" if len(rows) > _SHOWN else ""
+    return f"CSV line{'s' if len(rows) > 1 else ''} {shown}{more}"
+
+
+def _examples(values) -> str:
+    values = list(values)
+    shown = ", ".join(str(v) for v in values[:_SHOWN])
+    return shown + (f" (and {len(values) - _SHOWN} more)" if len(values) > _SHOWN else "")
+
+
+def _parse_bool(column: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, is_empty, is_invalid) of a text column of booleans; empty cells are False in `values`."""
+    text = column.fillna("").astype(str).str.strip().str.lower()
+    empty = (text == "").to_numpy()
+    true = text.isin(_TRUE).to_numpy()
+    invalid = ~(empty | true | text.isin(_FALSE).to_numpy())
+    return true, empty, invalid
+
+
+class _Problems:
+    """Collects one paragraph per problem; raises them all together."""
+
+    def __init__(self, csv_path: Path) -> None:
+        self.csv_path = csv_path
+        self.items: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.items.append(message)
+
+    def raise_if_any(self) -> None:
+        if not self.items:
+            return
+        numbered = "\n".join(f"  {i}. {text}" for i, text in enumerate(self.items, 1))
+        noun = "problem" if len(self.items) == 1 else "problems"
+        raise DatasetError(f"dataset {self.csv_path} has {len(self.items)} {noun}:\n{numbered}")
+
+
+def _read_csv(root: Path, csv: str | os.PathLike) -> tuple[Path, pd.DataFrame]:
+    if not root.is_dir():
+        raise DatasetError(f"dataset root {root} is not a folder; pass the folder that holds the CSV and images")
+    csv_path = Path(csv) if Path(csv).is_absolute() else root / csv
+    if not csv_path.is_file():
+        present = sorted(p.name for p in root.glob("*.csv"))
+        hint = f" CSV files in that folder: {', '.join(present)}." if present else " That folder has no CSV file."
+        raise DatasetError(f"dataset CSV not found: {csv_path}; pass its name with --csv.{hint}")
+    try:
+        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise DatasetError(f"{csv_path} is empty; it needs a header line and one row per image") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        detail = str(error).strip().splitlines()[0]
+        raise DatasetError(f"{csv_path} cannot be parsed as CSV ({detail}); check quoting and that every "
+                           "line has as many commas as the header") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    missing = [c for c in schema.REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise DatasetError(
+            f"{csv_path} lacks the required column(s) {', '.join(missing)}; found columns "
+            f"{', '.join(table.columns)}. Required: {', '.join(schema.REQUIRED_COLUMNS)} "
+            "(label: int, path: image path, split: train|validation, is_query/is_gallery: true|false)."
+        )
+    if len(table) == 0:
+        raise DatasetError(f"{csv_path} has a header but no rows")
+    return csv_path, table
+
+
+def _check_labels(table: pd.DataFrame, problems: _Problems) -> np.ndarray:
+    raw = table[schema.LABEL]
+    numbers = pd.to_numeric(raw, errors="coerce")
+    bad = numbers.isna() | (numbers != np.floor(numbers))
+    if bad.any():
+        examples = _examples(repr(v) for v in raw[bad].fillna("").head(_SHOWN))
+        problems.add(f"column 'label': {int(bad.sum())} value(s) are missing or not integers at {_lines(bad)} "
+                     f"(values: {examples}); every row needs an integer label id: map names to integers first.")
+    return numbers.fillna(-1).to_numpy().astype(np.int64)
+
+
+def _check_split(table: pd.DataFrame, problems: _Problems) -> np.ndarray:
+    split = table[schema.SPLIT].fillna("").astype(str).str.strip()
+    bad = ~split.isin(schema.SPLITS)
+    if bad.any():
+        values = _examples(repr(v) for v in pd.unique(split[bad]))
+        problems.add(f"column 'split': unknown value(s) {values} at {_lines(bad)}; use exactly "
+                     f"'{schema.SPLIT_TRAIN}' or '{schema.SPLIT_VALIDATION}'.")
+    return split.to_numpy()
+
+
+def _check_query_gallery(table: pd.DataFrame, split: np.ndarray, problems: _Problems):
+    flags = {}
+    for column in (schema.IS_QUERY, schema.IS_GALLERY):
+        values, empty, invalid = _parse_bool(table[column])
+        if invalid.any():
+            shown = _examples(repr(v) for v in pd.unique(table[column][invalid]))
+            problems.add(f"column '{column}': value(s) {shown} at {_lines(invalid)} are not booleans; "
+                         "use true/false (or 1/0), or leave the cell empty on train rows.")
+        flags[column] = values
+    train = split == schema.SPLIT_TRAIN
+    flagged_train = train & (flags[schema.IS_QUERY] | flags[schema.IS_GALLERY])
+    if flagged_train.any():
+        problems.add(f"columns 'is_query'/'is_gallery': {int(flagged_train.sum())} train row(s) are marked as "
+                     f"query or gallery at {_lines(flagged_train)}; leave both empty on train rows (or set the "
+                     "split of those rows to 'validation').")
+    val = split == schema.SPLIT_VALIDATION
+    unused = val & ~flags[schema.IS_QUERY] & ~flags[schema.IS_GALLERY]
+    if unused.any():
+        problems.add(f"columns 'is_query'/'is_gallery': {int(unused.sum())} validation row(s) are neither query "
+                     f"nor gallery at {_lines(unused)}; set at least one of them to true (both is fine: such an "
+                     "item never retrieves itself).")
+    return flags[schema.IS_QUERY] & val, flags[schema.IS_GALLERY] & val
+
+
+def _check_categories(table: pd.DataFrame, labels: np.ndarray, problems: _Problems) -> None:
+    if schema.CATEGORY not in table.columns:
+        return
+    category = table[schema.CATEGORY]
+    empty = category.isna()
+    if empty.any():
+        problems.add(f"column 'category': {int(empty.sum())} empty cell(s) at {_lines(empty)}; give every row a "
+                     "category (or drop the column).")
+    per_label = pd.DataFrame({"label": labels, "category": category}).dropna().groupby("label")["category"]
+    n_categories = per_label.nunique()
+    mixed = n_categories[n_categories > 1].index
+    if len(mixed):
+        details = "; ".join(f"label {label}: {', '.join(sorted(per_label.get_group(label).unique()))}"
+                            for label in mixed[:_SHOWN])
+        problems.add(f"column 'category': {len(mixed)} label(s) are mapped to several categories ({details}); "
+                     "a label belongs to exactly one category: fix the category of those rows.")
+
+
+def _check_bboxes(table: pd.DataFrame, problems: _Problems) -> np.ndarray | None:
+    """The (n, 4) float array x1, x2, y1, y2 (NaN where absent), or None when the table has no box columns."""
+    present_columns = [c for c in schema.BBOX_COLUMNS if c in table.columns]
+    if not present_columns:
+        return None
+    if len(present_columns) < 4:
+        absent = [c for c in schema.BBOX_COLUMNS if c not in table.columns]
+        problems.add(f"bounding box columns: found {', '.join(present_columns)} but not {', '.join(absent)}; "
+                     "a bounding box needs all four columns x_1, x_2, y_1, y_2 (or none of them).")
+        return None
+    raw = table[list(schema.BBOX_COLUMNS)]
+    numbers = raw.apply(pd.to_numeric, errors="coerce")
+    non_numeric = (numbers.isna() & raw.notna()).any(axis=1).to_numpy()
+    if non_numeric.any():
+        problems.add(f"bounding box columns: non-numeric values at {_lines(non_numeric)}; use pixel numbers.")
+    filled = numbers.notna().sum(axis=1).to_numpy()
+    partial = (filled > 0) & (filled < 4) & ~non_numeric
+    if partial.any():
+        problems.add(f"bounding box columns: {int(partial.sum())} row(s) fill only some of x_1, x_2, y_1, y_2 at "
+                     f"{_lines(partial)}; fill all four, or leave all four empty for the whole image.")
+    box = numbers.to_numpy(dtype=float)
+    complete = filled == 4
+    with np.errstate(invalid="ignore"):
+        inverted = complete & ((box[:, 0] >= box[:, 1]) | (box[:, 2] >= box[:, 3]))
+        negative = complete & (box < 0).any(axis=1)
+    if inverted.any():
+        problems.add(f"bounding box columns: x_1 >= x_2 or y_1 >= y_2 at {_lines(inverted)}; x_1 < x_2 and "
+                     "y_1 < y_2 are the left/right and top/bottom edges in pixels.")
+    if negative.any():
+        problems.add(f"bounding box columns: negative coordinates at {_lines(negative)}; pixel coordinates "
+                     "start at 0.")
+    box[~complete | inverted | negative] = np.nan
+    return box
+
+
+def _resolve_paths(table: pd.DataFrame, root: Path, problems: _Problems) -> np.ndarray:
+    raw = table[schema.PATH]
+    empty = raw.isna()
+    if empty.any():
+        problems.add(f"column 'path': {int(empty.sum())} empty cell(s) at {_lines(empty)}; every row needs the "
+                     "image path (relative to the dataset root, or absolute).")
+    return np.array([p if os.path.isabs(p) else str(root / p) for p in raw.fillna("").astype(str)], dtype=object)
+
+
+def _check_images(paths: np.ndarray, bbox: np.ndarray | None, mode: str, problems: _Problems) -> None:
+    if mode == "none":
+        return
+    unique = pd.unique(paths[paths != ""])
+    exists = {p: os.path.isfile(p) for p in unique}
+    missing_rows = np.array([p != "" and not exists[p] for p in paths])
+    if missing_rows.any():
+        missing_files = [p for p in unique if not exists[p]]
+        problems.add(f"column 'path': {len(missing_files)} image file(s) do not exist ({_lines(missing_rows)}): "
+                     f"{_examples(missing_files)}; check the dataset root and the paths in the CSV.")
+    readable = np.array([p != "" and exists[p] for p in paths])
+    has_box = bbox is not None and bool((~np.isnan(bbox).any(axis=1) & readable).any())
+    if mode != "decode" and not has_box:
+        return
+    broken: dict[str, str] = {}
+    sizes: dict[str, tuple[int, int]] = {}
+    for path in unique:
+        if not exists[path]:
+            continue
+        try:
+            if mode == "decode":
+                sizes[path] = read_image(path).size
+            elif bbox is not None:
+                sizes[path] = image_size(path)
+        except Exception as error:  # any decoder failure is a problem of that file
+            broken[path] = str(error).split(";")[0]
+    if broken:
+        rows = np.array([p in broken for p in paths])
+        listing = "; ".join(f"{p} ({why})" for p, why in list(broken.items())[:_SHOWN])
+        problems.add(f"column 'path': {len(broken)} image file(s) cannot be decoded ({_lines(rows)}): {listing}; "
+                     "replace those files or drop their rows.")
+    if bbox is not None and sizes:
+        width = np.array([sizes.get(p, (np.inf, np.inf))[0] for p in paths], dtype=float)
+        height = np.array([sizes.get(p, (np.inf, np.inf))[1] for p in paths], dtype=float)
+        with np.errstate(invalid="ignore"):
+            outside = (bbox[:, 1] > width) | (bbox[:, 3] > height)
+        if outside.any():
+            problems.add(f"bounding box columns: boxes reach outside their image at {_lines(outside)}; x_2 must "
+                         "be <= the image width and y_2 <= the image height.")
+
+
+def _queries_without_gallery(table: pd.DataFrame, labels: np.ndarray, is_query: np.ndarray,
+                             is_gallery: np.ndarray) -> np.ndarray:
+    """Mask of queries with no relevant gallery item: same label, not itself, not of its own sequence."""
+    gallery_count = pd.Series(labels[is_gallery]).value_counts()
+    per_query = pd.Series(labels).map(gallery_count).fillna(0).to_numpy()
+    if schema.SEQUENCE in table.columns:
+        sequence = table[schema.SEQUENCE]
+        has_sequence = sequence.notna().to_numpy()
+        key = pd.Series(list(zip(labels, sequence.fillna(""))))
+        same_sequence = key.map(key[is_gallery & has_sequence].value_counts()).fillna(0).to_numpy()
+        excluded = np.where(has_sequence, same_sequence, is_gallery.astype(float))
+    else:
+        excluded = is_gallery.astype(float)
+    return is_query & (per_query - excluded <= 0)
+
+
+def _validate(root: str | os.PathLike, csv: str | os.PathLike, check_images: str,
+              queries_without_gallery: str) -> tuple[pd.DataFrame, list[str], Path]:
+    if check_images not in CHECK_IMAGES:
+        raise DatasetError(f"check_images must be one of {', '.join(CHECK_IMAGES)}; got {check_images!r}")
+    if queries_without_gallery not in QUERIES_WITHOUT_GALLERY:
+        raise DatasetError(f"queries_without_gallery must be one of {', '.join(QUERIES_WITHOUT_GALLERY)}; "
+                           f"got {queries_without_gallery!r}")
+    root = Path(root).expanduser()
+    csv_path, table = _read_csv(root, csv)
+    problems = _Problems(csv_path)
+    labels = _check_labels(table, problems)
+    split = _check_split(table, problems)
+    is_query, is_gallery = _check_query_gallery(table, split, problems)
+    _check_categories(table, labels, problems)
+    bbox = _check_bboxes(table, problems)
+    paths = _resolve_paths(table, root, problems)
+    _check_images(paths, bbox, check_images, problems)
+
+    notes: list[str] = []
+    if not problems.items:
+        orphans = _queries_without_gallery(table, labels, is_query, is_gallery)
+        if orphans.any():
+            where = f"{_lines(orphans)} (labels {_examples(pd.unique(labels[orphans]))})"
+            if queries_without_gallery == "error":
+                problems.add(f"{int(orphans.sum())} validation queries have no other gallery item with their label "
+                             f"at {where}; such queries cannot be scored. Add gallery items of those labels, or "
+                             "drop them with --drop-queries-without-gallery (queries_without_gallery='drop').")
+            else:
+                notes.append(f"{int(orphans.sum())} queries without any other gallery item of their label were "
+                             f"dropped as queries ({where}).")
+                is_query = is_query & ~orphans
+    problems.raise_if_any()
+
+    out = table.copy()
+    out[schema.LABEL] = labels
+    out[schema.PATH] = paths.astype(str)
+    out[schema.SPLIT] = split
+    out[schema.IS_QUERY] = is_query
+    out[schema.IS_GALLERY] = is_gallery
+    if schema.CATEGORY in out.columns:
+        out[schema.CATEGORY] = out[schema.CATEGORY].astype(str)
+    if bbox is not None:
+        for i, column in enumerate(schema.BBOX_COLUMNS):
+            out[column] = bbox[:, i]
+    keep = (split == schema.SPLIT_TRAIN) | is_query | is_gallery
+    out = out[keep].reset_index(drop=True)
+    for note in notes:
+        warnings.warn(note, stacklevel=3)
+    return out, notes, csv_path
+
+
+def load_dataset_table(root: str | os.PathLike, csv: str | os.PathLike = "df.csv", *,
+                       check_images: str = "exists", queries_without_gallery: str = "error") -> pd.DataFrame:
+    """The validated dataset table of `root/csv` with normalised types and absolute paths.
+
+    Raises `DatasetError` listing every problem found. `check_images`: "exists" (files exist), "decode"
+    (every image fully decodes) or "none". `queries_without_gallery`: "error", or "drop" them as queries
+    with a warning.
+    """
+    return _validate(root, csv, check_images, queries_without_gallery)[0]
+
+
+def check_dataset(root: str | os.PathLike, csv: str | os.PathLike = "df.csv", *, check_images: str = "exists",
+                  queries_without_gallery: str = "error") -> DatasetSummary:
+    """Validate a dataset (see `load_dataset_table`) and summarise it."""
+    table, notes, csv_path = _validate(root, csv, check_images, queries_without_gallery)
+    split = table[schema.SPLIT]
+    return DatasetSummary(
+        csv=str(csv_path),
+        n_items=len(table),
+        n_labels=int(table[schema.LABEL].nunique()),
+        items_per_split={s: int((split == s).sum()) for s in schema.SPLITS},
+        labels_per_split={s: int(table.loc[split == s, schema.LABEL].nunique()) for s in schema.SPLITS},
+        n_queries=int(table[schema.IS_QUERY].sum()),
+        n_gallery=int(table[schema.IS_GALLERY].sum()),
+        n_categories=int(table[schema.CATEGORY].nunique()) if schema.CATEGORY in table.columns else None,
+        warnings=notes,
+    )
+
+
+def format_summary(summary: DatasetSummary) -> str:
+    """A short human-readable report of a valid dataset."""
+    lines = [f"dataset OK: {summary.csv}",
+             f"  items: {summary.n_items}   labels: {summary.n_labels}"]
+    for split in schema.SPLITS:
+        lines.append(f"  {split}: {summary.items_per_split[split]} items, {summary.labels_per_split[split]} labels")
+    lines.append(f"  queries: {summary.n_queries}   gallery: {summary.n_gallery}")
+    if summary.n_categories is not None:
+        lines.append(f"  categories: {summary.n_categories}")
+    lines.extend(f"  warning: {w}" for w in summary.warnings)
+    return "\n".join(lines)
