@@ -1,0 +1,65 @@
+"""The `lookalike` command: check-data, and the pipelines (train, validate, predict, registry).
+
+User errors (bad data, bad config, bad checkpoint) print one message and exit with code 2; no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from lookalike import __version__
+from lookalike.errors import LookalikeError
+
+__all__ = ["main", "build_parser"]
+
+
+def _run_check_data(args: argparse.Namespace) -> int:
+    from lookalike.data.validation import check_dataset, format_summary
+
+    summary = check_dataset(
+        args.dataset_root,
+        args.csv,
+        check_images="decode" if args.decode else "exists",
+        queries_without_gallery="drop" if args.drop_queries_without_gallery else "error",
+    )
+    print(format_summary(summary))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="lookalike", description="Metric learning for images.")
+    parser.add_argument("--version", action="version", version=f"lookalike {__version__}")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    check = subparsers.add_parser("check-data", help="validate a dataset CSV and its images")
+    check.add_argument("dataset_root", help="folder holding the CSV (paths in it are relative to this folder)")
+    check.add_argument("--csv", default="df.csv", help="CSV file name inside the dataset root (default: df.csv)")
+    check.add_argument("--decode", action="store_true", help="fully decode every image (slower, finds corrupt files)")
+    check.add_argument("--drop-queries-without-gallery", action="store_true",
+                       help="drop queries whose label has no other gallery item (with a warning) instead of failing")
+    check.set_defaults(handler=_run_check_data)
+
+    from lookalike.pipelines.commands import add_subcommands
+
+    add_subcommands(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; user errors print `error: <message>` on stderr and return 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except LookalikeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
