@@ -241,7 +241,9 @@ class RetrievalResults:
             exclude.append((query_ids, gallery_ids))  # the same dataset item
         if seq is not None and bool((seq >= 0).any()):
             exclude.append((seq[query_ids], seq[gallery_ids]))  # the same sequence (-1 matches nothing)
-        distances, retrieved = search.search(emb[query_ids], emb[gallery_ids], k, exclude=exclude or None)
+        q_emb = emb if len(query_ids) == n else emb[query_ids]  # no copy when every item is a query
+        g_emb = emb if len(gallery_ids) == n else emb[gallery_ids]
+        distances, retrieved = search.search(q_emb, g_emb, k, exclude=exclude or None)
 
         q_labels, g_labels = labels_t[query_ids], labels_t[gallery_ids]
         valid = retrieved >= 0
