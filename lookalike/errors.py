@@ -23,3 +23,13 @@ class CheckpointError(LookalikeError):
 
 class ConfigError(LookalikeError):
     """A config has an unknown key, a wrong type or an unknown component name."""
+
+
+def unknown_choice(kind: str, name: object, choices) -> str:
+    """The message for an unknown name: the valid choices and, when one is close, "did you mean ...?"."""
+    import difflib
+
+    choices = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(name), choices, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return f"unknown {kind} {name!r}; valid choices: {', '.join(choices)}.{hint}"

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 
 import torch
 from torchvision.transforms import v2
 
-from lookalike.errors import LookalikeError
+from lookalike.errors import LookalikeError, unknown_choice
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TRANSFORM_PRESETS", "get_transforms", "denormalize"]
 
@@ -69,10 +68,7 @@ def get_transforms(name: str, image_size: int = 224, **kwargs) -> Callable:
     if name == "none":
         return _to_tensor(None)
     if name not in TRANSFORM_PRESETS:
-        choices = [*TRANSFORM_PRESETS, "none"]
-        close = difflib.get_close_matches(name, choices, n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise LookalikeError(f"unknown transforms preset {name!r}; valid presets: {', '.join(choices)}.{hint}")
+        raise LookalikeError(unknown_choice("transforms preset", name, [*TRANSFORM_PRESETS, "none"]))
     return TRANSFORM_PRESETS[name](image_size, **kwargs)
 
 

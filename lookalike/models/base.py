@@ -1,0 +1,54 @@
+"""`Extractor`: a backbone, an optional projection head and optional L2 normalisation, with one feat_dim."""
+
+from __future__ import annotations
+
+import os
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Extractor"]
+
+
+class Extractor(nn.Module):
+    """Images (B, 3, H, W) -> embeddings (B, feat_dim).
+
+    `backbone` maps images to (B, backbone_dim) vectors; `embedding_dim` adds a linear projection to that size;
+    `normalise` L2-normalises the output; `weights` (a checkpoint path or "zoo:<name>") is loaded last, so it
+    covers the head too. Subclasses only build the backbone.
+    """
+
+    def __init__(self, backbone: nn.Module, backbone_dim: int, *, embedding_dim: int | None = None,
+                 normalise: bool = True, weights: str | os.PathLike | None = None) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone_dim, embedding_dim) if embedding_dim else nn.Identity()
+        self.normalise = normalise
+        self._feat_dim = int(embedding_dim or backbone_dim)
+        if weights is not None:
+            self.load_weights(weights)
+
+    @property
+    def feat_dim(self) -> int:
+        """Size of the embeddings this extractor returns."""
+        return self._feat_dim
+
+    def forward(self, images: Tensor) -> Tensor:
+        features = self.head(self.backbone(images))
+        return F.normalize(features, dim=1) if self.normalise else features
+
+    def load_weights(self, weights: str | os.PathLike) -> None:
+        """Load a checkpoint file, or "zoo:<name>" from the model zoo (downloaded once, hash-checked)."""
+        from lookalike.models.checkpoints import load_into
+        from lookalike.models.zoo import zoo_checkpoint_path
+
+        text = str(weights)
+        path = zoo_checkpoint_path(text[len("zoo:"):]) if text.startswith("zoo:") else weights
+        load_into(self, path)
+
+    def freeze_backbone(self) -> None:
+        """Train only the head (e.g. for the first epochs on top of pretrained weights)."""
+        self.backbone.requires_grad_(False)
+
+    def unfreeze_backbone(self) -> None:
+        self.backbone.requires_grad_(True)
