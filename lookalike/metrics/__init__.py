@@ -1,0 +1,31 @@
+"""Layer 3: retrieval metrics (CMC@k, precision@k, mAP@k, MAP@R, R-precision, FNMR@FMR) and their accumulator."""
+
+from lookalike.metrics.embedding_metrics import EmbeddingMetrics, evaluate_embeddings, per_query_metrics
+from lookalike.metrics.fnmr import fnmr_at_fmr
+from lookalike.metrics.functional import (
+    OVERALL,
+    cmc_at_k,
+    has_relevant,
+    map_at_k,
+    map_at_r,
+    precision_at_k,
+    r_precision,
+    reduce_metrics,
+    worst_queries,
+)
+
+__all__ = [
+    "OVERALL",
+    "EmbeddingMetrics",
+    "cmc_at_k",
+    "evaluate_embeddings",
+    "fnmr_at_fmr",
+    "has_relevant",
+    "map_at_k",
+    "map_at_r",
+    "per_query_metrics",
+    "precision_at_k",
+    "r_precision",
+    "reduce_metrics",
+    "worst_queries",
+]
