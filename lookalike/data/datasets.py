@@ -62,20 +62,19 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.table)
 
-    def read(self, index: int):
-        """The decoded (cropped) image of row `index`: a uint8 CxHxW image tensor when cached, else a PIL image."""
+    def read(self, index: int) -> tv_tensors.Image:
+        """The decoded (cropped) image of row `index` as a uint8 CxHxW image tensor (from the cache if on)."""
         if self.cache is not None:
             return tv_tensors.Image(self.cache.get(index))
-        return read_image(self.paths[index], self.bboxes[index])
+        pixels = np.array(read_image(self.paths[index], self.bboxes[index]), dtype=np.uint8)
+        return tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1))
 
     def __getitem__(self, index: int) -> dict:
         image = self.read(index)
         if self.transform is not None:
             image = self.transform(image)
-        elif isinstance(image, torch.Tensor):
-            image = image.as_subclass(torch.Tensor).float().div(255)
         else:
-            image = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
+            image = image.as_subclass(torch.Tensor).float().div(255)
         item = {
             schema.INPUT_KEY: image,
             schema.LABEL_KEY: int(self.labels[index]),
