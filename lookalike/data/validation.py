@@ -195,7 +195,7 @@ def _check_bboxes(table: pd.DataFrame, problems: _Problems) -> np.ndarray | None
     if partial.any():
         problems.add(f"bounding box columns: {int(partial.sum())} row(s) fill only some of x_1, x_2, y_1, y_2 at "
                      f"{_lines(partial)}; fill all four, or leave all four empty for the whole image.")
-    box = numbers.to_numpy(dtype=float)
+    box = numbers.to_numpy(dtype=float, copy=True)
     complete = filled == 4
     with np.errstate(invalid="ignore"):
         inverted = complete & ((box[:, 0] >= box[:, 1]) | (box[:, 2] >= box[:, 3]))
