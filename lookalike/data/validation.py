@@ -298,14 +298,14 @@ def _validate(root: str | os.PathLike, csv: str | os.PathLike, check_images: str
     if not problems.items:
         orphans = _queries_without_gallery(table, labels, is_query, is_gallery)
         if orphans.any():
-            where = f"{_lines(orphans)} (labels {_examples(pd.unique(labels[orphans]))})"
+            where = f"{_lines(orphans)}, labels {_examples(pd.unique(labels[orphans]))}"
             if queries_without_gallery == "error":
                 problems.add(f"{int(orphans.sum())} validation queries have no other gallery item with their label "
                              f"at {where}; such queries cannot be scored. Add gallery items of those labels, or "
                              "drop them with --drop-queries-without-gallery (queries_without_gallery='drop').")
             else:
                 notes.append(f"{int(orphans.sum())} queries without any other gallery item of their label were "
-                             f"dropped as queries ({where}).")
+                             f"dropped as queries (at {where}).")
                 is_query = is_query & ~orphans
     problems.raise_if_any()
 
@@ -321,10 +321,7 @@ def _validate(root: str | os.PathLike, csv: str | os.PathLike, check_images: str
         for i, column in enumerate(schema.BBOX_COLUMNS):
             out[column] = bbox[:, i]
     keep = (split == schema.SPLIT_TRAIN) | is_query | is_gallery
-    out = out[keep].reset_index(drop=True)
-    for note in notes:
-        warnings.warn(note, stacklevel=3)
-    return out, notes, csv_path
+    return out[keep].reset_index(drop=True), notes, csv_path
 
 
 def load_dataset_table(root: str | os.PathLike, csv: str | os.PathLike = "df.csv", *,
@@ -335,7 +332,10 @@ def load_dataset_table(root: str | os.PathLike, csv: str | os.PathLike = "df.csv
     (every image fully decodes) or "none". `queries_without_gallery`: "error", or "drop" them as queries
     with a warning.
     """
-    return _validate(root, csv, check_images, queries_without_gallery)[0]
+    table, notes, _ = _validate(root, csv, check_images, queries_without_gallery)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    return table
 
 
 def check_dataset(root: str | os.PathLike, csv: str | os.PathLike = "df.csv", *, check_images: str = "exists",
