@@ -1,6 +1,7 @@
 """Layer 3: retrieval metrics (CMC@k, precision@k, mAP@k, MAP@R, R-precision, FNMR@FMR) and their accumulator."""
 
 from lookalike.metrics.embedding_metrics import EmbeddingMetrics, evaluate_embeddings, per_query_metrics
+from lookalike.metrics import fnmr
 from lookalike.metrics.fnmr import fnmr_at_fmr
 from lookalike.metrics.functional import (
     OVERALL,

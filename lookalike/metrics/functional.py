@@ -8,6 +8,7 @@ counted (see `reduce_metrics`). Definitions with a worked example: docs/metrics.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,9 @@ from lookalike.retrieval import RetrievalResults
 
 __all__ = [
     "OVERALL",
+    "HAS_RELEVANT",
     "cmc_at_k",
+    "per_query_metrics",
     "precision_at_k",
     "map_at_k",
     "map_at_r",
@@ -29,6 +32,8 @@ __all__ = [
 ]
 
 OVERALL = "OVERALL"
+#: key of `per_query_metrics` output that marks the queries with a relevant gallery item
+HAS_RELEVANT = "has_relevant"
 
 
 def _check_ks(ks: Iterable[int]) -> list[int]:
@@ -95,6 +100,25 @@ def r_precision(results: RetrievalResults) -> Tensor:
     return _top_r_hits(results).sum(1) / results.n_relevant.float().clamp(min=1)
 
 
+def per_query_metrics(results: RetrievalResults, cmc_top_k: Iterable[int] = (1, 5),
+                      precision_top_k: Iterable[int] = (5,), map_top_k: Iterable[int] = (5,),
+                      compute_map_at_r: bool = False) -> dict[str, Any]:
+    """Every requested metric per query, ``{"cmc": {k: (Nq,)}, "precision": {..}, "map": {..}, ["map_at_r",
+    "r_precision",] "has_relevant": (Nq,) bool}``: the input of `reduce_metrics` and `worst_queries`."""
+    out: dict[str, Any] = {}
+    if cmc_top_k:
+        out["cmc"] = cmc_at_k(results, cmc_top_k)
+    if precision_top_k:
+        out["precision"] = precision_at_k(results, precision_top_k)
+    if map_top_k:
+        out["map"] = map_at_k(results, map_top_k)
+    if compute_map_at_r:
+        out["map_at_r"] = map_at_r(results)
+        out["r_precision"] = r_precision(results)
+    out[HAS_RELEVANT] = has_relevant(results)
+    return out
+
+
 def _mean(values: Tensor, mask: Tensor) -> float | None:
     return float(values[mask].double().mean()) if bool(mask.any()) else None
 
@@ -103,6 +127,8 @@ def _reduce_group(per_query: Mapping, mask: Tensor, valid: Tensor) -> dict:
     use = mask & valid
     out: dict = {}
     for name, value in per_query.items():
+        if name == HAS_RELEVANT:
+            continue
         if isinstance(value, Mapping):
             out[name] = {k: _mean(v, use) for k, v in value.items()}
         else:
@@ -112,17 +138,38 @@ def _reduce_group(per_query: Mapping, mask: Tensor, valid: Tensor) -> dict:
     return out
 
 
-def reduce_metrics(per_query: Mapping, valid: Tensor, categories: np.ndarray | None = None) -> dict:
-    """Means of per-query metrics over the queries in `valid`: {"OVERALL": {...}, "<category>": {...}}.
+def _n_queries(per_query: Mapping) -> int:
+    for value in per_query.values():
+        if isinstance(value, Mapping):
+            for v in value.values():
+                return len(v)
+        elif isinstance(value, Tensor):
+            return len(value)
+    return 0
 
-    A mean over no query is None (never NaN); each group also reports n_queries and
-    n_queries_without_relevant.
+
+def reduce_metrics(per_query: Mapping, categories: Any = None, valid: Tensor | None = None) -> dict:
+    """Means of per-query metrics: ``{"OVERALL": {...}, "<category>": {...}}``, one group per category.
+
+    Only queries with a relevant gallery item count in a mean: ``valid`` (bool, per query), else
+    ``per_query["has_relevant"]`` (what `per_query_metrics` stores), else every query. A mean over no query is
+    None (never NaN); each group also reports ``n_queries`` and ``n_queries_without_relevant``.
     """
+    if valid is None:
+        valid = per_query.get(HAS_RELEVANT)
+    if valid is None:
+        valid = torch.ones(_n_queries(per_query), dtype=torch.bool)
+    valid = torch.as_tensor(valid).bool()
     everything = torch.ones_like(valid)
     out = {OVERALL: _reduce_group(per_query, everything, valid)}
     if categories is not None:
         categories = np.asarray(categories, dtype=object).astype(str)
+        if len(categories) != len(valid):
+            raise LookalikeError(f"reduce_metrics: {len(categories)} categories for {len(valid)} queries")
         for category in sorted(set(categories.tolist())):
+            if category == OVERALL:
+                raise LookalikeError(f"a category is named {OVERALL!r}, which is reserved for the overall "
+                                     f"metrics; rename that category in the dataset")
             mask = torch.from_numpy(categories == category)
             out[category] = _reduce_group(per_query, mask, valid)
     return out

@@ -1,4 +1,4 @@
-"""FNMR@FMR streamed in blocks equals numpy's percentile definition on the full pair matrix."""
+"""FNMR@FMR streamed in blocks: a hand-worked case, numpy's quantile on the full pair matrix, every pass path."""
 
 from __future__ import annotations
 
@@ -7,32 +7,107 @@ import pytest
 import torch
 
 from lookalike.errors import LookalikeError
-from lookalike.metrics import fnmr_at_fmr
+from lookalike.metrics import fnmr, fnmr_at_fmr
 
 
-def reference(emb, labels, is_query, is_gallery, fmr_vals):
-    e = torch.nn.functional.normalize(emb.double(), dim=1)
+def test_hand_worked():
+    # four 1-D points, every item a query and a gallery item, euclidean distance:
+    #   x = [0, 1, 3, 6], labels [0, 0, 1, 1]
+    # ordered pairs without self-pairs: positives |0-1| = 1 (twice), |3-6| = 3 (twice) -> [1, 1, 3, 3]
+    # negatives |0-3| = 3, |0-6| = 6, |1-3| = 2, |1-6| = 5, each twice -> sorted [2, 2, 3, 3, 5, 5, 6, 6] (n = 8)
+    # FMR 0.25: position 0.25 * (8 - 1) = 1.75 -> threshold 2 + 0.75 * (3 - 2) = 2.75 -> positives above: 3, 3 -> 2/4
+    # FMR 0.5:  position 3.5 -> threshold 3 + 0.5 * (5 - 3) = 4 -> no positive above -> 0
+    # FMR 0.1:  position 0.7 -> threshold 2 + 0.7 * (2 - 2) = 2 -> 3, 3 above -> 0.5
+    # FMR 1.0:  position 7 -> threshold 6 -> 0
+    emb = torch.tensor([[0.0], [1.0], [3.0], [6.0]])
+    flags = torch.ones(4, dtype=torch.bool)
+    out = fnmr_at_fmr(emb, [0, 0, 1, 1], flags, flags, (0.1, 0.25, 0.5, 1.0), distance="euclidean")
+    assert out == pytest.approx({0.1: 0.5, 0.25: 0.5, 0.5: 0.0, 1.0: 0.0})
+    # the same set with items 0 and 1 in one sequence: the positive pairs (0, 1) and (1, 0) are gone, so
+    # positives [3, 3]; negatives unchanged -> FMR 0.25: threshold 2.75 -> 2/2 above = 1.0
+    out = fnmr_at_fmr(emb, [0, 0, 1, 1], flags, flags, (0.25,), distance="euclidean", sequences=["s", "s", None, None])
+    assert out == pytest.approx({0.25: 1.0})
+
+
+def reference(emb, labels, is_query, is_gallery, fmr_vals, distance="cosine", sequences=None):
+    e = emb.double()
     q, g = np.flatnonzero(is_query), np.flatnonzero(is_gallery)
-    dist = (1 - e[q] @ e[g].T).clamp(min=0).numpy()
+    if distance == "cosine":
+        e = torch.nn.functional.normalize(e, dim=1)
+        dist = (1 - e[q] @ e[g].T).clamp(min=0).numpy()
+    elif distance == "euclidean":
+        dist = torch.cdist(e[q], e[g]).numpy()
+    else:
+        dist = -(e[q] @ e[g].T).numpy()
     same = labels[q][:, None] == labels[g][None, :]
     pair = q[:, None] != g[None, :]
+    if sequences is not None:
+        pair &= ~((sequences[q][:, None] == sequences[g][None, :]) & (sequences[q][:, None] >= 0))
     pos, neg = dist[same & pair], dist[~same & pair]
-    return {f: float((pos > np.percentile(neg, f * 100)).mean()) for f in fmr_vals}
+    return {f: float((pos > np.quantile(neg, f)).mean()) for f in fmr_vals}
 
 
-@pytest.mark.parametrize("chunk", [7, 64, 1000])
-def test_equals_percentile_reference(chunk):
-    rng = np.random.default_rng(0)
-    n = 300
+def random_set(seed=0, n=300):
+    rng = np.random.default_rng(seed)
     labels = rng.integers(0, 30, n)
     emb = torch.from_numpy(rng.normal(size=(n, 5)) + np.eye(30)[labels][:, :5] * 1.5).float()
-    is_query, is_gallery = rng.random(n) < 0.6, rng.random(n) < 0.9
-    fmr_vals = (0.001, 0.01, 0.1, 0.5, 1.0)
+    return emb, labels, rng.random(n) < 0.6, rng.random(n) < 0.9, rng.integers(-1, 40, n)
+
+
+FMRS = (0.001, 0.01, 0.1, 0.5, 1.0)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean", "inner_product"])
+@pytest.mark.parametrize("chunks", [(7, 11), (64, 1000), (1000, 1000)])
+def test_equals_quantile_reference(distance, chunks):
+    emb, labels, is_query, is_gallery, _ = random_set()
     ours = fnmr_at_fmr(emb, torch.from_numpy(labels), torch.from_numpy(is_query), torch.from_numpy(is_gallery),
-                       fmr_vals, chunk_size=chunk)
-    expected = reference(emb, labels, is_query, is_gallery, fmr_vals)
-    for f in fmr_vals:
-        assert ours[f] == pytest.approx(expected[f], abs=2e-3), f  # float32 blocks vs float64 reference
+                       FMRS, distance=distance, query_chunk_size=chunks[0], gallery_chunk_size=chunks[1])
+    expected = reference(emb, labels, is_query, is_gallery, FMRS, distance)
+    for f in FMRS:
+        # float32 blocks vs a float64 reference: a positive within ~1e-7 of the threshold may flip (1 of ~1600)
+        assert ours[f] == pytest.approx(expected[f], abs=2e-3), f
+
+
+def test_sequences_match_reference():
+    emb, labels, is_query, is_gallery, sequences = random_set(seed=3)
+    as_ids = [None if s < 0 else f"seq{s}" for s in sequences]
+    ours = fnmr_at_fmr(emb, labels, is_query, is_gallery, FMRS, sequences=as_ids, query_chunk_size=50)
+    expected = reference(emb, labels, is_query, is_gallery, FMRS, sequences=sequences)
+    assert ours == pytest.approx(expected, abs=2e-3)
+
+
+def test_chunked_equals_one_piece():
+    emb, labels, is_query, is_gallery, _ = random_set(seed=1)
+    one = fnmr_at_fmr(emb, labels, is_query, is_gallery, FMRS, query_chunk_size=10_000, gallery_chunk_size=10_000)
+    chunked = fnmr_at_fmr(emb, labels, is_query, is_gallery, FMRS, query_chunk_size=13, gallery_chunk_size=29)
+    assert chunked == pytest.approx(one, abs=1e-3)
+
+
+def test_full_bins_are_split_again(monkeypatch):
+    """Tiny histograms and a tiny keep limit force the extra histogram passes; the answer must not change."""
+    emb, labels, is_query, is_gallery, _ = random_set(seed=2)
+    expected = fnmr_at_fmr(emb, labels, is_query, is_gallery, FMRS)
+    monkeypatch.setattr(fnmr, "_BINS", 4)
+    monkeypatch.setattr(fnmr, "_MAX_KEPT", 3)
+    calls = []
+    original = fnmr._Pairs.blocks
+    monkeypatch.setattr(fnmr._Pairs, "blocks", lambda self: calls.append(1) or original(self))
+    assert fnmr_at_fmr(emb, labels, is_query, is_gallery, FMRS) == pytest.approx(expected, abs=1e-12)
+    assert len(calls) > 3  # more than pass 1 + pass 2
+
+
+def test_ties_everywhere():
+    # all negatives at the same distance (1 for orthogonal one-hot vectors): the bins never separate them
+    emb = torch.eye(6).repeat_interleave(2, dim=0)  # items 2i, 2i+1 identical -> positive distance 0
+    labels = torch.arange(6).repeat_interleave(2)
+    flags = torch.ones(12, dtype=torch.bool)
+    assert fnmr_at_fmr(emb, labels, flags, flags, (0.01, 1.0)) == {0.01: 0.0, 1.0: 0.0}
+    # labels that disagree with the geometry: the 12 positives at distance 1; of the 120 negatives the 12 pairs
+    # of identical vectors are at 0, the other 108 at 1. FMR 0.05: position 0.05 * 119 = 5.95 -> threshold 0 ->
+    # every positive above -> 1.0; FMR 0.5: position 59.5 -> threshold 1 -> no positive above -> 0.0
+    shifted = torch.tensor([0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 0])
+    assert fnmr_at_fmr(emb, shifted, flags, flags, (0.05, 0.5)) == {0.05: 1.0, 0.5: 0.0}
 
 
 def test_undefined_without_negatives_or_positives():
@@ -40,9 +115,14 @@ def test_undefined_without_negatives_or_positives():
     flags = torch.ones(4, dtype=torch.bool)
     assert fnmr_at_fmr(emb, torch.zeros(4, dtype=torch.long), flags, flags, (0.1,)) == {0.1: None}
     assert fnmr_at_fmr(emb, torch.arange(4), flags, flags, (0.1,)) == {0.1: None}
+    assert fnmr_at_fmr(emb, torch.arange(4), flags, flags, ()) == {}
 
 
-def test_fmr_values_are_fractions():
+def test_bad_input():
     flags = torch.ones(4, dtype=torch.bool)
     with pytest.raises(LookalikeError, match="fractions"):
         fnmr_at_fmr(torch.randn(4, 3), torch.arange(4), flags, flags, (10,))
+    with pytest.raises(LookalikeError, match="one of each per item"):
+        fnmr_at_fmr(torch.randn(4, 3), torch.arange(3), flags, flags, (0.1,))
+    with pytest.raises(LookalikeError, match="distance"):
+        fnmr_at_fmr(torch.randn(4, 3), torch.arange(4), flags, flags, (0.1,), distance="manhattan")

@@ -58,7 +58,7 @@ def test_hand_worked_metrics():
     assert per_query["map_at_r"][:3].tolist() == pytest.approx([5 / 9, 0.0, 0.0])
     assert per_query["r_precision"][:3].tolist() == pytest.approx([2 / 3, 0.0, 0.0])
 
-    reduced = reduce_metrics(per_query, valid, results.query_categories)
+    reduced = reduce_metrics(per_query, results.query_categories)
     overall = reduced["OVERALL"]
     assert overall["cmc"][1] == pytest.approx(1 / 3) and overall["cmc"][3] == pytest.approx(2 / 3)
     assert overall["precision"][3] == pytest.approx(5 / 9)
@@ -73,7 +73,7 @@ def test_hand_worked_metrics():
 
 def test_category_with_only_unscorable_queries_is_none_not_nan():
     results = hand_results().subset(torch.tensor([3]))
-    reduced = reduce_metrics(per_query_metrics(results), has_relevant(results), results.query_categories)
+    reduced = reduce_metrics(per_query_metrics(results), results.query_categories)
     assert reduced["OVERALL"]["cmc"][1] is None and reduced["y"]["n_queries_without_relevant"] == 1
 
 
@@ -89,7 +89,7 @@ def test_empty_lists_after_threshold():
     assert cmc_at_k(results, [3])[3][:3].tolist() == [1, 0, 0]
     empty = hand_results().with_threshold(0.0)
     per_query = per_query_metrics(empty)
-    assert reduce_metrics(per_query, has_relevant(empty))["OVERALL"]["cmc"][1] == 0.0
+    assert reduce_metrics(per_query)["OVERALL"]["cmc"][1] == 0.0
 
 
 def test_map_at_r_needs_enough_columns():
