@@ -1,0 +1,159 @@
+"""Validation metrics at scale: lookalike vs OML 4.0.0, wall time and peak memory, same data, same run.
+
+Random normalised embeddings (dim 384, 5 items per label, every item both query and gallery). Each side runs
+in its own fresh process (OML in its own virtualenv, benchmarks/.venv-oml), so peak RSS is comparable.
+
+    .venv/bin/python benchmarks/bench_validation.py [--sizes 20000 50000] [--setup-oml] [--record]
+
+--setup-oml creates benchmarks/.venv-oml when missing; --record appends the table to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+OML_PYTHON = HERE / ".venv-oml" / "bin" / "python"
+OML_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "open-metric-learning==4.0.0",
+                    "pytorch-lightning==2.1.2", "hydra-core==1.3.0", "numpy<2", "setuptools<81"]
+SECTION = "## Validation metrics vs OML 4.0.0"
+
+
+def peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def ours(data: Path, backend: str) -> dict:
+    """lookalike's side (run in a subprocess): accumulate in batches, then compute."""
+    import torch
+
+    from lookalike.metrics import EmbeddingMetrics
+
+    embeddings = torch.from_numpy(np.load(data / "embeddings.npy"))
+    labels = torch.from_numpy(np.load(data / "labels.npy"))
+    flags = torch.ones(len(labels), dtype=torch.bool)
+    rss_after_data = peak_rss_mib()
+    start = time.perf_counter()
+    metrics = EmbeddingMetrics(cmc_top_k=(1, 5), precision_top_k=(5,), map_top_k=(5,), backend=backend)
+    for i in range(0, len(labels), 1024):
+        j = min(i + 1024, len(labels))
+        metrics.update(embeddings[i:j], labels[i:j], flags[i:j], flags[i:j], torch.arange(i, j))
+    overall = metrics.compute()["OVERALL"]
+    seconds = time.perf_counter() - start
+    # OML normalises AP@k by the hits found in the top k (ours: by min(k, relevant)); recompute its variant
+    # from our own retrieval results to check that the rankings agree
+    hits = metrics.last_results.is_relevant[:, :5].double()
+    precision_at_i = hits.cumsum(1) / torch.arange(1, 6)
+    oml_map = ((precision_at_i * hits).sum(1) / hits.sum(1).clamp(min=1)).mean()
+    return {"seconds": seconds, "peak_rss_mib": peak_rss_mib(),
+            "rss_after_data_mib": rss_after_data, "cmc": overall["cmc"], "precision": overall["precision"],
+            "map": overall["map"], "map_oml_definition": float(oml_map)}
+
+
+def make_data(folder: Path, n: int, dim: int = 384, per_label: int = 5, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) // per_label
+    centres = rng.normal(size=(n // per_label + 1, dim)).astype(np.float32)
+    x = centres[labels] + 4.0 * rng.normal(size=(n, dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    np.save(folder / "embeddings.npy", x.astype(np.float32))
+    np.save(folder / "labels.npy", labels.astype(np.int64))
+
+
+def run_json(command: list[str]) -> dict:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(command)}\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def setup_oml() -> None:
+    if OML_PYTHON.exists():
+        return
+    subprocess.run([sys.executable, "-m", "venv", str(HERE / ".venv-oml")], check=True)
+    subprocess.run([str(OML_PYTHON), "-m", "pip", "install", "-q", *OML_REQUIREMENTS], check=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", choices=["ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="exact", help="lookalike search backend (exact, exact-bf16, ...)")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 50000])
+    parser.add_argument("--setup-oml", action="store_true")
+    parser.add_argument("--record", action="store_true")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(ours(args.data, args.backend)))
+        return
+    if args.setup_oml:
+        setup_oml()
+    if not OML_PYTHON.exists():
+        raise SystemExit("OML's virtualenv is missing: run with --setup-oml once (it installs OML 4.0.0 there).")
+
+    rows = []
+    for n in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            make_data(Path(tmp), n)
+            mine = run_json([sys.executable, __file__, "--worker", "ours", "--data", tmp, "--backend", args.backend])
+            theirs = run_json([str(OML_PYTHON), str(HERE / "oml_reference.py"), tmp])
+        same_cmc = all(abs(mine["cmc"][str(k)] - theirs["cmc"][str(k)]) < 1e-9 for k in (1, 5))
+        same_precision = abs(mine["precision"]["5"] - theirs["precision"]["5"]) < 1e-6
+        same_map = abs(mine["map_oml_definition"] - theirs["map"]["5"]) < 1e-6
+        extra_mine = mine["peak_rss_mib"] - mine["rss_after_data_mib"]
+        extra_theirs = theirs["peak_rss_mib"] - theirs["rss_after_data_mib"]
+        row = (f"| {n:,} | {theirs['seconds']:.2f} | {mine['seconds']:.2f} | {theirs['seconds'] / mine['seconds']:.1f}x "
+               f"| {theirs['peak_rss_mib']:.0f} | {mine['peak_rss_mib']:.0f} | {extra_theirs:.0f} | {extra_mine:.0f} "
+               f"| {extra_mine / max(extra_theirs, 1):.2f} | {same_cmc} | {same_precision} | {same_map} |")
+        print(row, flush=True)
+        print(f"   ours {mine['cmc']} {mine['precision']} {mine['map']}\n   OML  {theirs['cmc']} "
+              f"{theirs['precision']} {theirs['map']}", flush=True)
+        rows.append(row)
+
+    table = "\n".join([
+        "| N | OML (s) | lookalike (s) | speed-up | OML peak RSS (MiB) | lookalike peak RSS (MiB) "
+        "| OML RSS above data (MiB) | lookalike RSS above data (MiB) | memory ratio | CMC@1,5 identical "
+        "| precision@5 identical | mAP@5 identical (OML's definition) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows])
+    print(table)
+    if args.record:
+        import platform
+
+        import torch
+
+        text = (f"{SECTION}\n\nCommand: `.venv/bin/python benchmarks/bench_validation.py --sizes "
+                f"{' '.join(map(str, args.sizes))} --backend {args.backend} --record`  \n"
+                f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+                f"{time.strftime('%Y-%m-%d')}. Random normalised embeddings, dim 384, 5 items per label, every item "
+                "both query and gallery; both sides accumulate in batches of 1,024 and compute CMC@1/5, "
+                "precision@5, mAP@5 (OML with pcf_variance=() so it computes the same metrics). OML normalises AP@k by "
+                "the hits found in the top k, lookalike by min(k, relevant items) (docs/metrics.md); the mAP "
+                "column compares OML with its own definition recomputed from lookalike's rankings. Each side in its "
+                "own process; 'RSS above data' = peak RSS minus RSS after loading the embeddings.\n\n"
+                f"{table}\n")
+        results = HERE / "RESULTS.md"
+        current = results.read_text() if results.exists() else "# Benchmark results\n"
+        if SECTION in current:
+            head, rest = current.split(SECTION, 1)
+            tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
+            current = head.rstrip() + "\n\n" + text + tail
+        else:
+            current = current.rstrip() + "\n\n" + text
+        tmp = results.with_suffix(".tmp")
+        tmp.write_text(current)
+        tmp.replace(results)
+
+
+if __name__ == "__main__":
+    main()
