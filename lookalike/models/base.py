@@ -47,8 +47,10 @@ class Extractor(nn.Module):
         load_into(self, path)
 
     def freeze_backbone(self) -> None:
-        """Train only the head (e.g. for the first epochs on top of pretrained weights)."""
+        """Train only the head (e.g. for the first epochs on top of pretrained weights). Only gradients are
+        switched off: call `self.backbone.eval()` too to keep BatchNorm statistics fixed."""
         self.backbone.requires_grad_(False)
 
     def unfreeze_backbone(self) -> None:
+        """Make the backbone trainable again."""
         self.backbone.requires_grad_(True)

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from lookalike.errors import LookalikeError, unknown_choice
 from lookalike.models.base import Extractor
-from lookalike.models.pooling import make_pooling
+from lookalike.models.pooling import POOLINGS, make_pooling
 
 __all__ = ["ResNetExtractor", "ViTExtractor", "TimmExtractor", "SmallCNNExtractor", "RESNETS", "VITS"]
 
@@ -40,25 +40,39 @@ class ResNetExtractor(Extractor):
 
 
 class _ViTBackbone(nn.Module):
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, image_size: int) -> None:
         super().__init__()
         self.net = net
         self.net.heads = nn.Identity()
+        self.image_size = image_size
 
     def forward(self, images: Tensor) -> Tensor:
+        if tuple(images.shape[-2:]) != (self.image_size, self.image_size):
+            raise LookalikeError(
+                f"ViTExtractor was built for {self.image_size}x{self.image_size} images but got "
+                f"{images.shape[-2]}x{images.shape[-1]}; set the extractor's image_size to the transforms' size."
+            )
         return self.net(images)  # the class token after the final norm
 
 
 class ViTExtractor(Extractor):
-    """A torchvision Vision Transformer; the embedding is the class token (inputs must be `image_size`)."""
+    """A torchvision Vision Transformer; the embedding is the class token (inputs must be `image_size`).
+
+    A checkpoint trained at one `image_size` loads only into a model of the same `image_size` (the position
+    embeddings have one row per patch).
+    """
 
     def __init__(self, arch: str = "vit_b_16", *, image_size: int = 224, embedding_dim: int | None = None,
                  normalise: bool = True, weights: Weights = None) -> None:
         if arch not in VITS:
             raise LookalikeError(unknown_choice("ViT arch", arch, VITS))
+        patch = int(arch.rsplit("_", 1)[1])
+        if image_size <= 0 or image_size % patch:
+            raise LookalikeError(f"ViTExtractor({arch!r}) needs image_size divisible by its patch size {patch}, "
+                                 f"got {image_size}; e.g. {max(patch, round(image_size / patch) * patch)}.")
         net = getattr(torchvision.models, arch)(weights=None, image_size=image_size)
-        super().__init__(_ViTBackbone(net), net.hidden_dim, embedding_dim=embedding_dim, normalise=normalise,
-                         weights=weights)
+        super().__init__(_ViTBackbone(net, image_size), net.hidden_dim, embedding_dim=embedding_dim,
+                         normalise=normalise, weights=weights)
         self.arch = arch
 
 
@@ -70,13 +84,27 @@ class _TimmBackbone(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         if self.pooling is None:
-            return self.net(images)
-        return self.pooling(self.net.forward_features(images))
+            return self.net(images)  # timm's own pooled output (global_pool of CNNs, class token of ViTs)
+        maps = self.net.forward_features(images)
+        channels = self.net.num_features
+        if maps.ndim == 4 and maps.shape[1] != channels and maps.shape[-1] == channels:
+            maps = maps.permute(0, 3, 1, 2)  # channels-last layout (B, H, W, C) of some timm models
+        if maps.ndim != 4 or maps.shape[1] != channels:
+            raise LookalikeError(
+                f"pooling={type(self.pooling).__name__} needs CNN feature maps (B, C, H, W), but this timm model "
+                f"returns {tuple(maps.shape)} (tokens of a transformer?); use pooling='avg' (timm's own pooling)."
+            )
+        return self.pooling(maps)
 
 
 class TimmExtractor(Extractor):
-    """Any timm model by name, without its classifier. pooling="avg" keeps the model's own pooling (CNNs and
-    transformers alike); "gem" replaces it for CNNs whose features are (B, C, H, W) maps."""
+    """Any timm model by name, without its classifier (`num_classes=0`).
+
+    pooling="avg" keeps the model's own pooled output (global average of CNNs, class token / token pooling of
+    transformers); "gem" pools the feature maps of CNNs with our GeM instead. `pretrained=True` asks timm to
+    download its own weights (needs network access); `**timm_kwargs` go to `timm.create_model` (e.g.
+    `img_size=` for ViTs, `drop_path_rate=`).
+    """
 
     def __init__(self, model_name: str, *, pretrained: bool = False, embedding_dim: int | None = None,
                  pooling: str = "avg", normalise: bool = True, weights: Weights = None, **timm_kwargs) -> None:
@@ -84,17 +112,22 @@ class TimmExtractor(Extractor):
             import timm
         except ImportError:
             raise LookalikeError("TimmExtractor needs timm: pip install 'lookalike[timm]'") from None
+        if pooling not in POOLINGS:
+            raise LookalikeError(unknown_choice("pooling", pooling, POOLINGS))
         if not timm.is_model(model_name.split(".")[0]):
             raise LookalikeError(f"unknown timm model {model_name!r}.{_close_timm_names(model_name, timm.list_models())}"
                                  " All names: timm.list_models().")
         if pooling == "avg":
             net = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **timm_kwargs)
             pool = None
+            # models with a layer after pooling (MobileNetV3, MambaOut) return head_hidden_size features
+            dim = getattr(net, "head_hidden_size", None) or net.num_features
         else:
             net = timm.create_model(model_name, pretrained=pretrained, num_classes=0, global_pool="", **timm_kwargs)
             pool = make_pooling(pooling)
-        super().__init__(_TimmBackbone(net, pool), net.num_features, embedding_dim=embedding_dim,
-                         normalise=normalise, weights=weights)
+            dim = net.num_features
+        super().__init__(_TimmBackbone(net, pool), int(dim), embedding_dim=embedding_dim, normalise=normalise,
+                         weights=weights)
         self.model_name = model_name
 
 

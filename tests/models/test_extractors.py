@@ -14,12 +14,13 @@ from lookalike.models.pooling import make_pooling
     "build, dim",
     [
         (lambda: ResNetExtractor("resnet18"), 512),
-        (lambda: ResNetExtractor("resnet18", embedding_dim=32, pooling="gem"), 32),
         (lambda: SmallCNNExtractor(channels=(8, 16), embedding_dim=24), 24),
         (lambda: SmallCNNExtractor(channels=(8, 16), embedding_dim=None), 16),
-        (lambda: ViTExtractor("vit_b_32", image_size=32), 768),
-        (lambda: TimmExtractor("resnet10t", embedding_dim=16), 16),
-        (lambda: TimmExtractor("resnet10t", pooling="gem"), 512),
+        (lambda: TimmExtractor("test_efficientnet", embedding_dim=16), 16),
+        (lambda: TimmExtractor("test_resnet", pooling="gem"), 96),
+        (lambda: TimmExtractor("test_vit", img_size=32), 64),  # a transformer: timm's own pooled output
+        (lambda: TimmExtractor("test_mambaout"), 256),  # a layer after pooling: head_hidden_size, not num_features
+        (lambda: TimmExtractor("test_mambaout", pooling="gem", embedding_dim=8), 8),  # (B, H, W, C) feature maps
     ],
 )
 def test_shapes_and_unit_norm(build, dim):
@@ -43,6 +44,17 @@ def test_gem_with_p_one_is_average_pooling():
     gem = GeM(p=1.0, learnable=False)
     assert torch.allclose(gem(x), make_pooling("avg")(x), atol=1e-6)
     assert torch.all(GeM(p=20.0)(x) <= x.amax(dim=(-2, -1)) + 1e-5)
+    big = torch.full((1, 1, 2, 2), 100.0, dtype=torch.bfloat16)  # 100^3 overflows float16: computed in float32
+    assert GeM(p=3.0)(big).dtype == torch.bfloat16 and float(GeM(p=3.0)(big).detach()) == pytest.approx(100.0, rel=1e-2)
+    with pytest.raises(LookalikeError, match="p >= 1"):
+        GeM(p=0.5)
+
+
+def test_gem_p_is_learnable_and_stays_finite_on_zeros():
+    gem = GeM(p=3.0)
+    out = gem(torch.zeros(2, 4, 3, 3, requires_grad=True))
+    out.sum().backward()
+    assert torch.isfinite(out).all() and gem.p.grad is not None and torch.isfinite(gem.p.grad)
 
 
 def test_freeze_backbone_keeps_head_trainable():
@@ -63,3 +75,32 @@ def test_unknown_names_suggest_close_ones():
         TimmExtractor("resnett10t")
     with pytest.raises(LookalikeError, match="pooling"):
         SmallCNNExtractor(pooling="max")
+    with pytest.raises(LookalikeError, match="Did you mean 'gem'"):
+        TimmExtractor("test_resnet", pooling="gen")
+
+
+def test_vit_class_token_and_image_size_check():
+    with pytest.raises(LookalikeError, match="divisible by its patch size 32"):
+        ViTExtractor("vit_b_32", image_size=40)
+    torch.manual_seed(0)
+    model = ViTExtractor("vit_b_32", image_size=32, embedding_dim=16).eval()  # the smallest torchvision ViT
+    out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 16) and model.feat_dim == 16
+    assert torch.allclose(out.norm(dim=1), torch.ones(2), atol=1e-5)
+    with pytest.raises(LookalikeError, match="built for 32x32 images but got 64x64"):
+        model(torch.randn(1, 3, 64, 64))
+
+
+def test_timm_gem_on_transformer_tokens_is_a_clear_error():
+    model = TimmExtractor("test_vit", img_size=32, pooling="gem")
+    with pytest.raises(LookalikeError, match="use pooling='avg'"):
+        model(torch.randn(1, 3, 32, 32))
+
+
+def test_channels_last_gives_the_same_embeddings():
+    torch.manual_seed(0)
+    model = ResNetExtractor("resnet18", embedding_dim=16, pooling="gem").eval()
+    x = torch.randn(2, 3, 32, 32)
+    expected = model(x)
+    model = model.to(memory_format=torch.channels_last)
+    assert torch.allclose(model(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-5)
