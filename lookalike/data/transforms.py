@@ -1,4 +1,8 @@
-"""Image transform presets by name, on torchvision.transforms.v2 (input: PIL image or uint8 HxWx3 array)."""
+"""Image transform presets by name, on torchvision.transforms.v2.
+
+Input: a PIL image, a uint8 CxHxW tensor / `tv_tensors.Image` (what `ImageDataset` hands over) or a uint8
+HxWx3 numpy array. Output: a plain float32 CxHxW tensor.
+"""
 
 from __future__ import annotations
 
@@ -50,9 +54,10 @@ def _val(image_size: int) -> v2.Compose:
 
 
 def _to_tensor(image_size: int | None = None) -> v2.Compose:
-    steps: list = [v2.ToImage(), _PadToSquare()]
+    """Floats in [0, 1]; padded to a square and resized when `image_size` is given, else the original size."""
+    steps: list = [v2.ToImage()]
     if image_size is not None:
-        steps.append(v2.Resize((image_size, image_size), antialias=True))
+        steps += [_PadToSquare(), v2.Resize((image_size, image_size), antialias=True)]
     return v2.Compose([*steps, v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor()])
 
 
@@ -64,7 +69,12 @@ TRANSFORM_PRESETS: dict[str, Callable[..., v2.Compose]] = {
 
 
 def get_transforms(name: str, image_size: int = 224, **kwargs) -> Callable:
-    """The transform preset `name` ("train", "val", "to_tensor", "none") for square inputs of `image_size`."""
+    """The transform preset `name` for square inputs of `image_size`; `kwargs` go to the preset.
+
+    "train": pad to square, random resized crop (scale 0.6-1), horizontal flip, colour jitter, ImageNet
+    normalisation. "val": pad to square (white), resize, normalise. "to_tensor": pad, resize, floats in [0, 1].
+    "none": floats in [0, 1] at the original size.
+    """
     if name == "none":
         return _to_tensor(None)
     if name not in TRANSFORM_PRESETS:

@@ -16,9 +16,9 @@ import pandas as pd
 
 from lookalike.data import schema
 from lookalike.data.images import image_size, read_image
-from lookalike.errors import DatasetError
+from lookalike.errors import DatasetError, unknown_choice
 
-__all__ = ["DatasetSummary", "load_dataset_table", "check_dataset", "format_summary"]
+__all__ = ["DatasetSummary", "load_dataset_table", "check_dataset", "format_summary", "parse_bool"]
 
 _SHOWN = 10  # rows / files / labels named in one message
 _TRUE = frozenset({"true", "1", "yes", "y", "t", "1.0"})
@@ -56,8 +56,11 @@ def _examples(values) -> str:
     return shown + (f" (and {len(values) - _SHOWN} more)" if len(values) > _SHOWN else "")
 
 
-def _parse_bool(column: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(values, is_empty, is_invalid) of a text column of booleans; empty cells are False in `values`."""
+def parse_bool(column: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, is_empty, is_invalid) of a column of booleans written as text (true/false, 1/0, yes/no, empty).
+
+    Empty cells are False in `values`; so are invalid ones (which `is_invalid` marks).
+    """
     text = column.fillna("").astype(str).str.strip().str.lower()
     empty = (text == "").to_numpy()
     true = text.isin(_TRUE).to_numpy()
@@ -114,13 +117,14 @@ def _read_csv(root: Path, csv: str | os.PathLike) -> tuple[Path, pd.DataFrame]:
 
 def _check_labels(table: pd.DataFrame, problems: _Problems) -> np.ndarray:
     raw = table[schema.LABEL]
-    numbers = pd.to_numeric(raw, errors="coerce")
-    bad = numbers.isna() | (numbers != np.floor(numbers))
+    numbers = pd.to_numeric(raw, errors="coerce").astype(float)
+    with np.errstate(invalid="ignore"):
+        bad = numbers.isna() | ~np.isfinite(numbers) | (numbers != np.floor(numbers)) | (numbers.abs() > 2**53)
     if bad.any():
         examples = _examples(repr(v) for v in raw[bad].fillna("").head(_SHOWN))
         problems.add(f"column 'label': {int(bad.sum())} value(s) are missing or not integers at {_lines(bad)} "
                      f"(values: {examples}); every row needs an integer label id: map names to integers first.")
-    return numbers.fillna(-1).to_numpy().astype(np.int64)
+    return numbers.where(~bad, -1).to_numpy().astype(np.int64)
 
 
 def _check_split(table: pd.DataFrame, problems: _Problems) -> np.ndarray:
@@ -136,7 +140,7 @@ def _check_split(table: pd.DataFrame, problems: _Problems) -> np.ndarray:
 def _check_query_gallery(table: pd.DataFrame, split: np.ndarray, problems: _Problems):
     flags = {}
     for column in (schema.IS_QUERY, schema.IS_GALLERY):
-        values, empty, invalid = _parse_bool(table[column])
+        values, empty, invalid = parse_bool(table[column])
         if invalid.any():
             shown = _examples(repr(v) for v in pd.unique(table[column][invalid]))
             problems.add(f"column '{column}': value(s) {shown} at {_lines(invalid)} are not booleans; "
@@ -220,92 +224,99 @@ def _resolve_paths(table: pd.DataFrame, root: Path, problems: _Problems) -> np.n
 
 
 def _check_images(paths: np.ndarray, bbox: np.ndarray | None, mode: str, problems: _Problems) -> None:
+    """Files exist; with "decode" they fully decode; boxes lie inside their image (sizes from lazy opens)."""
     if mode == "none":
         return
+    path_series = pd.Series(paths)
     unique = pd.unique(paths[paths != ""])
-    exists = {p: os.path.isfile(p) for p in unique}
-    missing_rows = np.array([p != "" and not exists[p] for p in paths])
+    exists = pd.Series({p: os.path.isfile(p) for p in unique}, dtype=bool)
+    readable = path_series.map(exists).fillna(False).to_numpy(dtype=bool)
+    missing_rows = (paths != "") & ~readable
     if missing_rows.any():
-        missing_files = [p for p in unique if not exists[p]]
+        missing_files = exists.index[~exists.to_numpy()].tolist()
         problems.add(f"column 'path': {len(missing_files)} image file(s) do not exist ({_lines(missing_rows)}): "
                      f"{_examples(missing_files)}; check the dataset root and the paths in the CSV.")
-    readable = np.array([p != "" and exists[p] for p in paths])
-    has_box = bbox is not None and bool((~np.isnan(bbox).any(axis=1) & readable).any())
-    if mode != "decode" and not has_box:
-        return
+    boxed = readable & ~np.isnan(bbox).any(axis=1) if bbox is not None else np.zeros(len(paths), dtype=bool)
+    if mode == "decode":
+        to_open = [p for p in unique if exists[p]]
+    else:
+        to_open = pd.unique(paths[boxed]).tolist()
     broken: dict[str, str] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    for path in unique:
-        if not exists[path]:
-            continue
+    for path in to_open:
         try:
-            if mode == "decode":
-                sizes[path] = read_image(path).size
-            elif bbox is not None:
-                sizes[path] = image_size(path)
+            sizes[path] = read_image(path).size if mode == "decode" else image_size(path)
+        except DatasetError as error:
+            broken[path] = str(error).split(": ", 1)[-1].split(";")[0]
         except Exception as error:  # any decoder failure is a problem of that file
-            broken[path] = str(error).split(";")[0]
+            broken[path] = f"{type(error).__name__}: {error}"
     if broken:
-        rows = np.array([p in broken for p in paths])
+        rows = path_series.isin(list(broken)).to_numpy()
         listing = "; ".join(f"{p} ({why})" for p, why in list(broken.items())[:_SHOWN])
-        problems.add(f"column 'path': {len(broken)} image file(s) cannot be decoded ({_lines(rows)}): {listing}; "
-                     "replace those files or drop their rows.")
-    if bbox is not None and sizes:
-        width = np.array([sizes.get(p, (np.inf, np.inf))[0] for p in paths], dtype=float)
-        height = np.array([sizes.get(p, (np.inf, np.inf))[1] for p in paths], dtype=float)
-        with np.errstate(invalid="ignore"):
-            outside = (bbox[:, 1] > width) | (bbox[:, 3] > height)
+        more = f" (and {len(broken) - _SHOWN} more)" if len(broken) > _SHOWN else ""
+        problems.add(f"column 'path': {len(broken)} image file(s) cannot be decoded ({_lines(rows)}): "
+                     f"{listing}{more}; replace those files or drop their rows.")
+    if boxed.any() and sizes:
+        size = path_series.map(pd.Series(sizes, dtype=object))
+        width = np.array([s[0] if isinstance(s, tuple) else np.inf for s in size[boxed]], dtype=float)
+        height = np.array([s[1] if isinstance(s, tuple) else np.inf for s in size[boxed]], dtype=float)
+        outside = np.zeros(len(paths), dtype=bool)
+        outside[boxed] = (bbox[boxed, 1] > width) | (bbox[boxed, 3] > height)
         if outside.any():
-            problems.add(f"bounding box columns: boxes reach outside their image at {_lines(outside)}; x_2 must "
-                         "be <= the image width and y_2 <= the image height.")
+            problems.add(f"bounding box columns: {int(outside.sum())} box(es) reach outside their image at "
+                         f"{_lines(outside)}; x_2 must be <= the image width and y_2 <= the image height "
+                         "(pixels, origin at the top-left corner).")
 
 
 def _queries_without_gallery(table: pd.DataFrame, labels: np.ndarray, is_query: np.ndarray,
                              is_gallery: np.ndarray) -> np.ndarray:
     """Mask of queries with no relevant gallery item: same label, not itself, not of its own sequence."""
-    gallery_count = pd.Series(labels[is_gallery]).value_counts()
-    per_query = pd.Series(labels).map(gallery_count).fillna(0).to_numpy()
+    gallery_per_label = pd.Series(labels).map(pd.Series(labels[is_gallery]).value_counts())
+    per_query = gallery_per_label.fillna(0).to_numpy(dtype=float)
+    excluded = is_gallery.astype(float)  # an item that is also a gallery item never retrieves itself
     if schema.SEQUENCE in table.columns:
         sequence = table[schema.SEQUENCE]
         has_sequence = sequence.notna().to_numpy()
-        key = pd.Series(list(zip(labels, sequence.fillna(""))))
-        same_sequence = key.map(key[is_gallery & has_sequence].value_counts()).fillna(0).to_numpy()
-        excluded = np.where(has_sequence, same_sequence, is_gallery.astype(float))
-    else:
-        excluded = is_gallery.astype(float)
+        frame = pd.DataFrame({"label": labels, "sequence": sequence.to_numpy(), "gallery": is_gallery})
+        same_sequence = frame.groupby(["label", "sequence"])["gallery"].transform("sum")
+        excluded = np.where(has_sequence, same_sequence.fillna(0).to_numpy(dtype=float), excluded)
     return is_query & (per_query - excluded <= 0)
 
 
 def _validate(root: str | os.PathLike, csv: str | os.PathLike, check_images: str,
               queries_without_gallery: str) -> tuple[pd.DataFrame, list[str], Path]:
     if check_images not in CHECK_IMAGES:
-        raise DatasetError(f"check_images must be one of {', '.join(CHECK_IMAGES)}; got {check_images!r}")
+        raise DatasetError(unknown_choice("check_images mode", check_images, CHECK_IMAGES))
     if queries_without_gallery not in QUERIES_WITHOUT_GALLERY:
-        raise DatasetError(f"queries_without_gallery must be one of {', '.join(QUERIES_WITHOUT_GALLERY)}; "
-                           f"got {queries_without_gallery!r}")
-    root = Path(root).expanduser()
+        raise DatasetError(unknown_choice("queries_without_gallery mode", queries_without_gallery,
+                                          QUERIES_WITHOUT_GALLERY))
+    root = Path(root).expanduser().absolute()
     csv_path, table = _read_csv(root, csv)
     problems = _Problems(csv_path)
     labels = _check_labels(table, problems)
     split = _check_split(table, problems)
     is_query, is_gallery = _check_query_gallery(table, split, problems)
+    flags_ok = not problems.items  # the query/gallery check needs sound labels, splits and flags
     _check_categories(table, labels, problems)
     bbox = _check_bboxes(table, problems)
     paths = _resolve_paths(table, root, problems)
     _check_images(paths, bbox, check_images, problems)
 
     notes: list[str] = []
-    if not problems.items:
+    if flags_ok:
         orphans = _queries_without_gallery(table, labels, is_query, is_gallery)
         if orphans.any():
-            where = f"{_lines(orphans)}, labels {_examples(pd.unique(labels[orphans]))}"
+            where = f"{_lines(orphans)}; labels {_examples(pd.unique(labels[orphans]))}"
+            sequence_note = " (gallery items of the query's own sequence do not count)" \
+                if schema.SEQUENCE in table.columns else ""
             if queries_without_gallery == "error":
-                problems.add(f"{int(orphans.sum())} validation queries have no other gallery item with their label "
-                             f"at {where}; such queries cannot be scored. Add gallery items of those labels, or "
-                             "drop them with --drop-queries-without-gallery (queries_without_gallery='drop').")
+                problems.add(f"columns 'is_query'/'is_gallery': {int(orphans.sum())} validation queries have no "
+                             f"other gallery item with their label{sequence_note} ({where}); such queries "
+                             "cannot be scored. Add gallery items of those labels, or drop them as queries with "
+                             "--drop-queries-without-gallery (queries_without_gallery='drop').")
             else:
-                notes.append(f"{int(orphans.sum())} queries without any other gallery item of their label were "
-                             f"dropped as queries (at {where}).")
+                notes.append(f"{int(orphans.sum())} queries without any other gallery item of their label"
+                             f"{sequence_note} were dropped as queries ({where}).")
                 is_query = is_query & ~orphans
     problems.raise_if_any()
 
