@@ -2,7 +2,9 @@
 
 About 200 labels with all their images, from both splits, stratified over the Unicode categories:
 
-    python tools/make_example_data.py --source ../shared/data/emoji-open
+    python tools/make_example_data.py --source ../shared/data/emoji-open [--dest lookalike/assets/emoji_mini]
+
+The same arguments always give byte-identical files (labels drawn with a seeded numpy generator).
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=120)
     parser.add_argument("--n-validation", type=int, default=80)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dest", type=Path, default=DEST, help="output folder (default: the packaged one)")
     args = parser.parse_args()
+    dest: Path = args.dest
 
     df = pd.read_csv(args.source / "df.csv", dtype={"is_query": "string", "is_gallery": "string"})
     rng = np.random.default_rng(args.seed)
@@ -42,16 +46,16 @@ def main() -> None:
     subset = df[df["label"].isin(labels)].copy()
     subset["label"] = subset["label"].map({old: new for new, old in enumerate(sorted(labels))})
 
-    if DEST.exists():
-        shutil.rmtree(DEST)
+    if (dest / "images").exists():
+        shutil.rmtree(dest / "images")  # only the images this script wrote before; nothing else is removed
     for path in subset["path"]:
-        (DEST / path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(args.source / path, DEST / path)
-    subset.to_csv(DEST / "df.csv", index=False)
-    shutil.copyfile(args.source / "LICENSES.md", DEST / "LICENSES.md")
+        (dest / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.source / path, dest / path)
+    subset.to_csv(dest / "df.csv", index=False)
+    shutil.copyfile(args.source / "LICENSES.md", dest / "LICENSES.md")
 
     counts = subset.groupby("split").agg(labels=("label", "nunique"), images=("path", "size"))
-    (DEST / "README.md").write_text(
+    (dest / "README.md").write_text(
         "# emoji_mini: the built-in example dataset\n\n"
         "A deterministic subset of the emoji-open dataset: one label is one emoji, its instances are the same\n"
         "emoji drawn in different vendor styles (Google Noto, Twemoji, OpenMoji, Fluent), its category is the\n"
