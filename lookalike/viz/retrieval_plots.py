@@ -1,109 +1,171 @@
-"""Pictures of retrieval: a query, its top-k with green (relevant) / red (not) frames, and what it missed.
+"""Pictures of retrieval: each query, its top-k in green (relevant) / red (not) frames, and the relevant items it
+missed in blue frames. The worst queries of a validation are the most useful ones to look at.
 
-Images are given as paths or tensors; `load` turns one into an HxWx3 array (default: Pillow for paths,
-denormalised CxHxW tensors as they are). Uses matplotlib's Agg backend: works headless.
+Images are anything the ``loader`` callable turns into an array: by default a path (read with Pillow), a PIL
+image, or a CxHxW / HxWxC tensor or array (uint8, or float: values outside [0, 1], e.g. normalised inputs,
+are rescaled per image). Drawn with matplotlib's non-interactive Agg backend, so it works headless.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from lookalike.metrics.functional import has_relevant, worst_queries  # noqa: E402
-from lookalike.retrieval import RetrievalResults  # noqa: E402
+from lookalike.retrieval import RetrievalResults, factorize_sequences  # noqa: E402
 
-__all__ = ["load_image_array", "plot_retrieval", "plot_worst_queries"]
+__all__ = ["load_image_array", "plot_retrieval", "plot_worst_queries", "GREEN", "RED", "BLUE", "BLACK"]
 
-GREEN, RED, BLUE, GREY = "#1a9641", "#d7191c", "#2c7bb6", "#7f7f7f"
+GREEN, RED, BLUE, BLACK = "#1a9641", "#d7191c", "#2c7bb6", "#000000"
+#: inches per picture cell
+CELL = 1.7
 
 
 def load_image_array(image: Any) -> np.ndarray:
-    """HxWx3 float array in [0, 1] from a path, a PIL image, a CxHxW / HxWxC tensor or array."""
-    if isinstance(image, (str, bytes)) or hasattr(image, "__fspath__"):
-        from lookalike.data.images import read_image
+    """HxWx3 (or HxW) float array in [0, 1] from a path, a PIL image, or a CxHxW / HxWxC tensor or array."""
+    if isinstance(image, (str, bytes)) or isinstance(image, os.PathLike):
+        from PIL import Image
 
-        image = read_image(image)
+        with Image.open(image) as opened:
+            image = opened.convert("RGB")
     if isinstance(image, torch.Tensor):
-        image = image.detach().float().cpu().numpy()
-        if image.ndim == 3 and image.shape[0] in (1, 3):
-            image = image.transpose(1, 2, 0)
+        image = image.detach().cpu().numpy()
     array = np.asarray(image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[2] not in (1, 3):
+        array = array.transpose(1, 2, 0)  # CxHxW -> HxWxC
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
     if array.dtype == np.uint8:
-        array = array / 255.0
-    return np.clip(array, 0.0, 1.0)
+        return array / 255.0
+    array = array.astype(np.float64)
+    low, high = float(array.min()), float(array.max())
+    if low < 0.0 or high > 1.0:  # e.g. a normalised model input: stretch to [0, 1] to show it
+        array = (array - low) / max(high - low, 1e-12)
+    return array
 
 
-def _show(ax, image: Any, colour: str, title: str, load: Callable) -> None:
-    ax.imshow(load(image))
+def _is_one_image(x: Any) -> bool:
+    if isinstance(x, (str, bytes, os.PathLike)):
+        return True
+    if isinstance(x, (torch.Tensor, np.ndarray)):
+        return x.ndim <= 3
+    return hasattr(x, "size") and hasattr(x, "mode")  # a PIL image
+
+
+def _show(ax, image: Any, colour: str, title: str, loader: Callable, dashed: bool = False) -> None:
+    try:
+        array = loader(image)
+        ax.imshow(array, cmap="gray" if np.ndim(array) == 2 else None, vmin=0.0, vmax=1.0)
+    except Exception as error:  # a missing or broken image must not lose the whole picture
+        ax.set_facecolor("#eeeeee")
+        ax.text(0.5, 0.5, f"cannot load\n{type(error).__name__}", ha="center", va="center", fontsize=7,
+                transform=ax.transAxes)
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
+        spine.set_visible(True)
         spine.set_edgecolor(colour)
         spine.set_linewidth(4)
-    ax.set_title(title, fontsize=8, color=colour)
+        if dashed:
+            spine.set_linestyle((0, (3, 1.5)))
+    ax.set_title(title, fontsize=7, color=colour)
 
 
-def plot_retrieval(query: Any, retrieved: Sequence[Any], is_relevant: Sequence[bool],
-                   missed: Sequence[Any] = (), distances: Sequence[float] | None = None,
-                   load: Callable = load_image_array, ax_row=None, title: str = "query"):
-    """One row: the query (blue), its retrieved items (green relevant / red not), missed relevant items (grey).
+def plot_retrieval(query_paths: Any, retrieved_paths: Sequence, is_relevant: Sequence,
+                   missed_relevant_paths: Sequence | None = None, distances: Sequence | None = None, *,
+                   loader: Callable[[Any], Any] = load_image_array, query_titles: Sequence[str] | None = None,
+                   missed_titles: Sequence | None = None) -> Figure:
+    """A figure with one row per query: the query (black frame), its retrieved items left to right (green frame:
+    relevant, red: not) and the relevant items it missed (blue dashed frame).
 
-    Returns a new Figure, or draws into `ax_row` (a sequence of axes) when given.
+    ``query_paths`` is one image (then the other arguments describe that one row) or a sequence of them (then
+    every other argument holds one sequence per query). Images go through ``loader`` (default: Pillow for
+    paths, tensors and arrays as they are).
     """
-    n = 1 + len(retrieved) + len(missed)
-    figure = None
-    if ax_row is None:
-        figure, ax_row = plt.subplots(1, n, figsize=(1.6 * n, 2.0), squeeze=False)
-        ax_row = ax_row[0]
-    _show(ax_row[0], query, BLUE, title, load)
-    for i, (item, relevant) in enumerate(zip(retrieved, is_relevant)):
-        label = f"#{i + 1}" + (f" d={distances[i]:.3f}" if distances is not None else "")
-        _show(ax_row[1 + i], item, GREEN if relevant else RED, label, load)
-    for j, item in enumerate(missed):
-        _show(ax_row[1 + len(retrieved) + j], item, GREY, "missed", load)
-    for ax in ax_row[n:]:
-        ax.axis("off")
-    if figure is not None:
-        figure.tight_layout()
+    if _is_one_image(query_paths):
+        wrap = lambda x: None if x is None else [x]  # noqa: E731
+        query_paths, retrieved_paths, is_relevant = [query_paths], [retrieved_paths], [is_relevant]
+        missed_relevant_paths, distances, missed_titles = (wrap(missed_relevant_paths), wrap(distances),
+                                                           wrap(missed_titles))
+    n_rows = len(query_paths)
+    missed_relevant_paths = missed_relevant_paths or [[] for _ in range(n_rows)]
+    for name, value in (("retrieved_paths", retrieved_paths), ("is_relevant", is_relevant),
+                        ("missed_relevant_paths", missed_relevant_paths), ("distances", distances),
+                        ("query_titles", query_titles), ("missed_titles", missed_titles)):
+        if value is not None and len(value) != n_rows:
+            raise ValueError(f"plot_retrieval: {name} has {len(value)} rows for {n_rows} queries")
+    n_top = max((len(r) for r in retrieved_paths), default=0)
+    n_missed = max((len(m) for m in missed_relevant_paths), default=0)
+    columns = 1 + n_top + n_missed
+    figure = Figure(figsize=(CELL * columns, CELL * 1.25 * max(n_rows, 1) + 0.3))
+    axes = figure.subplots(max(n_rows, 1), columns, squeeze=False)
+    for row in range(n_rows):
+        ax_row = axes[row]
+        _show(ax_row[0], query_paths[row], BLACK, query_titles[row] if query_titles else "query", loader)
+        for i, (item, relevant) in enumerate(zip(retrieved_paths[row], is_relevant[row])):
+            title = f"#{i + 1}"
+            if distances is not None:
+                title += f" d={float(distances[row][i]):.3f}"
+            _show(ax_row[1 + i], item, GREEN if relevant else RED, title, loader)
+        for j, item in enumerate(missed_relevant_paths[row]):
+            title = missed_titles[row][j] if missed_titles else "missed"
+            _show(ax_row[1 + n_top + j], item, BLUE, title, loader, dashed=True)
+        used = {0, *range(1, 1 + len(retrieved_paths[row])),
+                *range(1 + n_top, 1 + n_top + len(missed_relevant_paths[row]))}
+        for c, ax in enumerate(ax_row):
+            if c not in used:
+                ax.axis("off")
+    if n_rows == 0:
+        axes[0][0].axis("off")
+        axes[0][0].text(0.5, 0.5, "no query to show", ha="center", va="center")
+    figure.suptitle("frames: green = relevant, red = not relevant, blue dashed = relevant but missed",
+                    fontsize=8)
+    figure.tight_layout()
     return figure
 
 
-def plot_worst_queries(results: RetrievalResults, per_query_metric: torch.Tensor, images: Sequence[Any],
-                       n: int = 5, top_k: int = 5, n_missed: int = 2, load: Callable = load_image_array,
-                       metric_name: str = "metric"):
-    """A figure with one row per worst query: query, top-k (green/red frames), up to n_missed missed items.
+def plot_worst_queries(results: RetrievalResults, per_query_metric: torch.Tensor, paths: Any, n: int = 5,
+                       top_k: int = 5, *, n_missed: int = 2, loader: Callable[[Any], Any] = load_image_array,
+                       metric_name: str = "metric", sequences: Sequence | None = None) -> Figure:
+    """`plot_retrieval` of the ``n`` queries with the lowest ``per_query_metric`` (ties: earlier query first;
+    queries without a relevant gallery item are skipped), each with its ``top_k`` and ``n_missed`` missed items.
 
-    `images` is indexed by dataset index (paths or tensors), like `results.query_ids` / `gallery_ids`.
+    ``paths[i]`` is the image of dataset index i (a list, array or mapping of paths or tensors), like
+    ``results.query_ids`` / ``gallery_ids``. ``sequences`` (by dataset index) keeps same-sequence items out of
+    the missed ones, as in the metrics.
     """
     rows = worst_queries(per_query_metric, n, has_relevant(results)).tolist()
     top_k = min(top_k, results.k)
-    columns = 1 + top_k + n_missed
-    figure, axes = plt.subplots(max(len(rows), 1), columns, figsize=(1.6 * columns, 2.0 * max(len(rows), 1)),
-                                squeeze=False)
-    for ax_row, q in zip(axes, rows):
-        ids = results.retrieved_ids[q, :top_k]
+    seq = None if sequences is None else factorize_sequences(sequences)
+    queries, retrieved, relevant, missed, dists, q_titles, m_titles = [], [], [], [], [], [], []
+    for q in rows:
+        q_id = int(results.query_ids[q])
+        row_ids = results.retrieved_ids[q]
+        ids = row_ids[:top_k]
         valid = ids >= 0
-        gallery_pos = ids[valid]
-        retrieved = [images[int(results.gallery_ids[g])] for g in gallery_pos]
-        relevant = results.is_relevant[q, :top_k][valid].tolist()
-        shown = set(gallery_pos.tolist())
-        same_label = (results.gallery_labels == results.query_labels[q]).nonzero().squeeze(1).tolist()
-        missed = [images[int(results.gallery_ids[g])] for g in same_label
-                  if g not in shown and int(results.gallery_ids[g]) != int(results.query_ids[q])][:n_missed]
-        value = float(per_query_metric[q])
-        plot_retrieval(images[int(results.query_ids[q])], retrieved, relevant, missed,
-                       results.distances[q, :top_k][valid].tolist(), load=load, ax_row=ax_row,
-                       title=f"query {int(results.query_ids[q])}\n{metric_name}={value:.2f}")
-    if not rows:
-        axes[0][0].text(0.5, 0.5, "no query with a relevant item", ha="center", va="center")
-        for ax in axes[0]:
-            ax.axis("off")
-    figure.tight_layout()
+        retrieved.append([paths[int(results.gallery_ids[g])] for g in ids[valid].tolist()])
+        relevant.append(results.is_relevant[q, :top_k][valid].tolist())
+        dists.append(results.distances[q, :top_k][valid].tolist())
+        same = (results.gallery_labels == results.query_labels[q]) & (results.gallery_ids != q_id)
+        if seq is not None and int(seq[q_id]) >= 0:
+            same &= seq[results.gallery_ids] != seq[q_id]
+        shown = set(ids[valid].tolist())
+        ranks = {g: r for r, g in enumerate(row_ids.tolist()) if g >= 0}
+        candidates = [g for g in same.nonzero().squeeze(1).tolist() if g not in shown]
+        candidates.sort(key=lambda g: ranks.get(g, len(ranks)))  # found further down first, then gallery order
+        chosen = candidates[:n_missed]
+        missed.append([paths[int(results.gallery_ids[g])] for g in chosen])
+        m_titles.append([f"missed, #{ranks[g] + 1}" if g in ranks else f"missed, > #{results.k}" for g in chosen])
+        queries.append(paths[q_id])
+        q_titles.append(f"query {q_id}\n{metric_name}={float(per_query_metric[q]):.2f}")
+    figure = plot_retrieval(queries, retrieved, relevant, missed, dists, loader=loader, query_titles=q_titles,
+                            missed_titles=m_titles)
     return figure
