@@ -37,6 +37,9 @@ class ArcFaceLoss(nn.Module):
             raise LookalikeError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         if reduction not in ("mean", "sum", "none"):
             raise LookalikeError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        if not 0.0 <= m < math.pi / 2 or s <= 0:
+            raise LookalikeError(f"ArcFace needs a margin 0 <= m < pi/2 (radians, 0.5 is usual) and a scale s > 0, "
+                                 f"got m={m}, s={s}")
         ids = self._label_ids(num_classes, labels, label2category)
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.m, self.s, self.label_smoothing, self.reduction = float(m), float(s), float(label_smoothing), reduction
@@ -44,11 +47,16 @@ class ArcFaceLoss(nn.Module):
         nn.init.xavier_uniform_(self.weight)
         self.register_buffer("label_ids", torch.as_tensor(ids, dtype=torch.long), persistent=True)
         if label2category is not None:
-            categories = [label2category[int(i)] for i in ids]
+            lookup = {int(k): v for k, v in label2category.items()}
+            absent = [int(i) for i in ids if int(i) not in lookup]
+            if absent:
+                raise LookalikeError(f"ArcFace: label2category has no category for label(s) {absent[:10]}"
+                                     f"{' and more' if len(absent) > 10 else ''}; give every training label one.")
+            categories = [str(lookup[int(i)]) for i in ids]
             codes = torch.as_tensor(np.unique(np.asarray(categories, dtype=str), return_inverse=True)[1])
-            self.register_buffer("class_category", codes.long(), persistent=True)
+            self.register_buffer("class_category", codes.long().reshape(-1), persistent=True)
         else:
-            self.class_category = None
+            self.register_buffer("class_category", None)
         self.last_logs: dict[str, float] = {}
 
     @staticmethod
@@ -81,8 +89,10 @@ class ArcFaceLoss(nn.Module):
         return index
 
     def logits(self, features: Tensor) -> Tensor:
-        """Cosines between the normalised features and the normalised class weights, (B, C)."""
-        return F.linear(F.normalize(features.float(), dim=1), F.normalize(self.weight, dim=1))
+        """Cosines between the normalised features and the normalised class weights, (B, C), in float32 even
+        under autocast (scaled by s=64, bf16 cosines would be off by a whole logit)."""
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return F.linear(F.normalize(features.float(), dim=1), F.normalize(self.weight.float(), dim=1))
 
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         target = self.class_index(labels)

@@ -32,7 +32,21 @@ def test_matches_brute_force():
     criterion = ArcFaceLoss(8, 5, m=0.4, s=10.0)
     features, labels = torch.randn(12, 8), torch.randint(0, 5, (12,))
     expected = brute_force(features, labels.tolist(), criterion.weight.detach(), 0.4, 10.0)
-    assert float(criterion(features, labels)) == pytest.approx(expected, rel=1e-5)
+    assert float(criterion(features, labels).detach()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_theta_plus_margin_beyond_pi_matches_brute_force_and_has_finite_gradients():
+    torch.manual_seed(4)
+    criterion = ArcFaceLoss(4, 3, m=0.5, s=16.0)
+    w = criterion.weight.detach()
+    labels = torch.tensor([0, 1, 2, 0])
+    # opposite to the own class (theta = pi), nearly opposite (theta + m > pi), exactly aligned (theta = 0)
+    features = torch.stack([-w[0], -w[1] + 0.05 * w[2], w[2], -w[0] + 0.3 * w[1]]).requires_grad_(True)
+    loss = criterion(features, labels)
+    expected = brute_force(features.detach(), labels.tolist(), w, 0.5, 16.0)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    loss.backward()
+    assert torch.isfinite(features.grad).all() and torch.isfinite(criterion.weight.grad).all()
 
 
 def test_no_margin_unit_scale_is_softmax_cross_entropy():
@@ -43,17 +57,49 @@ def test_no_margin_unit_scale_is_softmax_cross_entropy():
     assert torch.allclose(criterion(features, labels), expected, atol=1e-6)
 
 
-def test_label_smoothing_and_categories_match_brute_force():
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_categories_and_label_smoothing_match_brute_force(smoothing):
     torch.manual_seed(2)
-    label2category = {10: "a", 11: "a", 12: "b", 13: "b", 14: "b"}
-    criterion = ArcFaceLoss(8, 5, m=0.3, s=8.0, label_smoothing=0.1, label2category=label2category)
-    labels = torch.tensor([10, 12, 14, 11, 13, 12])
-    features = torch.randn(6, 8)
+    label2category = {10: "a", 11: "a", 12: "b", 13: "b", 14: "b", 15: "c"}
+    criterion = ArcFaceLoss(8, 6, m=0.3, s=8.0, label_smoothing=smoothing, label2category=label2category)
+    labels = torch.tensor([10, 12, 14, 11, 13, 12, 15])
+    features = torch.randn(7, 8, requires_grad=True)
     ids = sorted(label2category)
-    allowed = [[label2category[ids[i]] == label2category[ids[j]] for j in range(5)] for i in range(5)]
-    expected = brute_force(features, [ids.index(int(y)) for y in labels], criterion.weight.detach(), 0.3, 8.0,
-                           smoothing=0.1, allowed=allowed)
-    assert float(criterion(features, labels)) == pytest.approx(expected, rel=1e-5)
+    allowed = [[label2category[ids[i]] == label2category[ids[j]] for j in range(6)] for i in range(6)]
+    expected = brute_force(features.detach(), [ids.index(int(y)) for y in labels], criterion.weight.detach(), 0.3,
+                           8.0, smoothing=smoothing, allowed=allowed)
+    loss = criterion(features, labels)
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5)
+    loss.backward()  # label 15 is alone in its category: zero loss, and -inf logits never give NaN gradients
+    assert torch.isfinite(features.grad).all() and torch.isfinite(criterion.weight.grad).all()
+    # every row of another category gets no gradient from a sample (its logit is masked out)
+    criterion.weight.grad = None
+    criterion(features[:1], labels[:1]).backward()
+    assert criterion.weight.grad[2:].abs().sum() == 0 and criterion.weight.grad[:2].abs().sum() > 0
+
+
+def test_category_restricted_accuracy():
+    label2category = {0: "a", 1: "a", 2: "b"}
+    criterion = ArcFaceLoss(3, 3, label2category=label2category)
+    with torch.no_grad():
+        criterion.weight.copy_(torch.eye(3))
+    # nearest to label 2 overall, but label 2 is of another category: the restricted top-1 is label 0
+    criterion(torch.tensor([[0.5, 0.1, 1.0]]), torch.tensor([0]))
+    assert criterion.last_logs["accuracy"] == 1.0
+    with pytest.raises(LookalikeError, match=r"no category for label\(s\) \[2\]"):
+        ArcFaceLoss(3, 3, label2category={0: "a", 1: "a"}, labels=[0, 1, 2])
+
+
+def test_head_runs_in_float32_under_autocast():
+    torch.manual_seed(5)
+    criterion = ArcFaceLoss(16, 8, s=64.0)
+    features, labels = torch.randn(6, 16), torch.randint(0, 8, (6,))
+    expected = criterion(features, labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = criterion(features.bfloat16().float(), labels)
+    assert got.dtype == torch.float32
+    assert torch.allclose(got, criterion(features.bfloat16().float(), labels), atol=1e-6)
+    assert torch.allclose(got, expected, rtol=0.05)
 
 
 def test_any_label_ids_and_unknown_label():
@@ -63,6 +109,19 @@ def test_any_label_ids_and_unknown_label():
         criterion(torch.randn(1, 4), torch.tensor([5]))
     with pytest.raises(LookalikeError, match="num_classes"):
         ArcFaceLoss(4, 2, labels=[1, 2, 3])
+    with pytest.raises(LookalikeError, match="margin"):
+        ArcFaceLoss(4, 2, m=2.0)
+    mlp = ArcFaceLossWithMLP.from_data(4, [5, 6, 5], mlp_features=(8, 3))
+    assert mlp.in_features == 4 and mlp.weight.shape == (2, 3) and mlp(torch.randn(2, 4), torch.tensor([6, 5])) > 0
+
+
+def test_state_dict_round_trip_keeps_label_mapping():
+    source = ArcFaceLoss.from_data(4, [30, 10, 20], label2category={10: "x", 20: "y", 30: "x"})
+    target = ArcFaceLoss.from_data(4, [30, 10, 20], label2category={10: "x", 20: "y", 30: "x"})
+    target.load_state_dict(source.state_dict())
+    features, labels = torch.randn(3, 4), torch.tensor([10, 20, 30])
+    assert torch.equal(source(features, labels), target(features, labels))
+    assert set(source.state_dict()) == {"weight", "label_ids", "class_category"}
 
 
 def test_reductions_and_logs():
@@ -88,8 +147,8 @@ def test_learns_separable_data(cls):
     first = None
     for _ in range(60):
         loss = criterion(features, labels)
-        first = float(loss) if first is None else first
+        first = float(loss.detach()) if first is None else first
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    assert criterion.last_logs["accuracy"] == 1.0 and float(loss) < first / 4
+    assert criterion.last_logs["accuracy"] == 1.0 and float(loss.detach()) < first / 4
