@@ -10,6 +10,7 @@ import torch
 
 from lookalike.errors import LookalikeError
 from lookalike.metrics import (
+    EmbeddingMetrics,
     cmc_at_k,
     evaluate_embeddings,
     has_relevant,
@@ -106,13 +107,15 @@ def test_worst_queries_order_and_validity():
 
 # --- brute force --------------------------------------------------------------------------------------------
 
-def brute_force(emb, labels, is_query, is_gallery, sequences, ks):
+def brute_force(emb, labels, is_query, is_gallery, sequences, ks, only=None):
     """Every metric with plain loops over a full cosine distance matrix."""
     e = torch.nn.functional.normalize(emb.double(), dim=1)
     dist = (1 - e @ e.T).numpy()
     out = {"cmc": {k: [] for k in ks}, "precision": {k: [] for k in ks}, "map": {k: [] for k in ks},
            "map_at_r": [], "r_precision": []}
     for q in np.flatnonzero(is_query):
+        if only is not None and q not in only:
+            continue
         gallery = [g for g in np.flatnonzero(is_gallery) if g != q
                    and not (sequences is not None and sequences[g] == sequences[q] and sequences[q] >= 0)]
         gallery.sort(key=lambda g: (dist[q, g], g))
@@ -143,14 +146,18 @@ def test_against_brute_force(seed, with_sequences):
     sequences = rng.integers(-1, 20, n) if with_sequences else None
     ks = (1, 3, 7)
     as_ids = None if sequences is None else [None if s < 0 else f"seq{s}" for s in sequences]  # None: no sequence
-    ours = evaluate_embeddings(emb, labels, is_query, is_gallery, sequences=as_ids, cmc_top_k=ks,
-                               precision_top_k=ks, map_top_k=ks, compute_map_at_r=True)["OVERALL"]
-    expected = brute_force(emb, labels, is_query, is_gallery, sequences, ks)
-    for name in ("cmc", "precision", "map"):
-        for k in ks:
-            assert ours[name][k] == pytest.approx(expected[name][k], abs=1e-6), (name, k)
-    assert ours["map_at_r"] == pytest.approx(expected["map_at_r"], abs=1e-6)
-    assert ours["r_precision"] == pytest.approx(expected["r_precision"], abs=1e-6)
+    categories = np.array(["even", "odd"])[labels % 2]
+    everything = evaluate_embeddings(emb, labels, is_query, is_gallery, categories=categories, sequences=as_ids,
+                                     cmc_top_k=ks, precision_top_k=ks, map_top_k=ks, compute_map_at_r=True)
+    for group, only in (("OVERALL", None), ("odd", set(np.flatnonzero(labels % 2 == 1))),
+                        ("even", set(np.flatnonzero(labels % 2 == 0)))):
+        ours = everything[group]
+        expected = brute_force(emb, labels, is_query, is_gallery, sequences, ks, only)
+        for name in ("cmc", "precision", "map"):
+            for k in ks:
+                assert ours[name][k] == pytest.approx(expected[name][k], abs=1e-6), (group, name, k)
+        assert ours["map_at_r"] == pytest.approx(expected["map_at_r"], abs=1e-6)
+        assert ours["r_precision"] == pytest.approx(expected["r_precision"], abs=1e-6)
 
 
 def test_chunked_equals_one_piece():
@@ -177,3 +184,45 @@ def test_one_item_gallery_and_ties():
     tie = evaluate_embeddings(emb[:3], [0, 1, 0], [True, False, False], [False, True, True], cmc_top_k=(1, 2))
     assert tie["OVERALL"]["cmc"] == {1: 0.0, 2: 1.0}
     assert math.isclose(tie["OVERALL"]["map"][5], 0.5)
+
+
+def test_category_with_one_query():
+    results = hand_results()
+    results.query_categories = np.array(["x", "solo", "x", "y"], dtype=object)
+    reduced = reduce_metrics(per_query_metrics(results, cmc_top_k=(1, 3), precision_top_k=(3,), map_top_k=(3,)),
+                             results.query_categories)
+    # "solo" holds q1 only: its values are the means (CMC@1 0, CMC@3 1, precision@3 1/1, AP@3 (1/2) / 1)
+    assert reduced["solo"]["cmc"] == {1: 0.0, 3: 1.0}
+    assert reduced["solo"]["precision"][3] == 1.0 and reduced["solo"]["map"][3] == 0.5
+    assert reduced["solo"]["n_queries"] == 1 and reduced["solo"]["n_queries_without_relevant"] == 0
+    assert reduced["x"]["map"][3] == pytest.approx((5 / 9 + 0) / 2)  # q0 and q2
+
+
+def test_k_larger_than_gallery():
+    # 3 items, all queries and gallery, labels [0, 1, 0]; angles 0, atan(0.2) = 0.197, atan(0.5) = 0.464 rad.
+    # q0: gallery {1, 2}: 1 is nearer (label 1, miss), 2 second (hit) -> CMC@1 0, CMC@10 1,
+    #     precision@10 = 1 / min(10, R=1) = 1, AP@10 = (1/2) / min(10, 1) = 0.5
+    # q1: no other item with label 1 -> excluded, counted in n_queries_without_relevant
+    # q2: 1 is nearer (0.267 rad) than 0 (0.464 rad) -> the same values as q0
+    emb = torch.tensor([[1.0, 0.0], [1.0, 0.2], [1.0, 0.5]])
+    metrics = EmbeddingMetrics(cmc_top_k=(1, 10), precision_top_k=(10,), map_top_k=(10,))
+    metrics.update(emb, torch.tensor([0, 1, 0]), torch.ones(3, dtype=torch.bool), torch.ones(3, dtype=torch.bool),
+                   torch.arange(3))
+    overall = metrics.compute()["OVERALL"]
+    assert overall["cmc"] == {1: 0.0, 10: 1.0} and overall["precision"] == {10: 1.0} and overall["map"] == {10: 0.5}
+    assert overall["n_queries"] == 3 and overall["n_queries_without_relevant"] == 1
+    results = metrics.last_results
+    assert results.k == 10 and results.retrieved_ids[:, 2:].eq(-1).all()
+    assert results.distances[:, 2:].isinf().all() and not results.is_relevant[:, 2:].any()
+
+
+def test_reduce_guards_and_defaults():
+    results = hand_results()
+    per_query = per_query_metrics(results)
+    assert per_query["has_relevant"].tolist() == [True, True, True, False]
+    explicit = reduce_metrics(per_query, valid=torch.tensor([True, True, True, True]))
+    assert explicit["OVERALL"]["n_queries_without_relevant"] == 0 and "has_relevant" not in explicit["OVERALL"]
+    with pytest.raises(LookalikeError, match="reserved"):
+        reduce_metrics(per_query, ["OVERALL", "x", "x", "x"])
+    with pytest.raises(LookalikeError, match="positive integers"):
+        cmc_at_k(results, [0])
