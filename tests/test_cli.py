@@ -1,27 +1,51 @@
-"""The `lookalike` command's front door: exit codes and one-line errors, no traceback."""
+"""The `lookalike` command's front door: exit codes, summaries and one-paragraph errors, no traceback."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from lookalike.cli import main
+import pytest
+
+from lookalike.cli import build_parser, main
+from lookalike.data import example_dataset_root
 from tests.conftest import good_rows, write_dataset
 
 
 def test_check_data_ok(dataset_root, capsys):
     assert main(["check-data", str(dataset_root)]) == 0
     out = capsys.readouterr().out
-    assert "dataset OK" in out and "validation: 6 items, 3 labels" in out
+    assert "dataset OK" in out and "validation: 6 items, 3 labels" in out and "categories: 2" in out
+
+
+def test_check_data_example_dataset(capsys):
+    assert main(["check-data", str(example_dataset_root()), "--decode"]) == 0
+    out = capsys.readouterr().out
+    assert "train: 465 items, 120 labels" in out and "validation: 305 items, 80 labels" in out
 
 
 def test_check_data_problem_exits_2_with_message(tmp_path, capsys):
     rows = good_rows()
     rows[0]["split"] = "test"
+    rows[3]["label"] = "x"
     root = write_dataset(tmp_path / "ds", rows)
     assert main(["check-data", str(root)]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: dataset") and "'test'" in err and "Traceback" not in err
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err
+    assert err.startswith("error: dataset") and "2 problems" in err and "'test'" in err and "CSV line 5" in err
+    assert "Traceback" not in err
+
+
+def test_check_data_csv_and_decode_options(tmp_path, capsys):
+    root = write_dataset(tmp_path / "ds", good_rows(), csv="mine.csv")
+    assert main(["check-data", str(root)]) == 2
+    assert "mine.csv" in capsys.readouterr().err
+    assert main(["check-data", str(root), "--csv", "mine.csv"]) == 0
+    (root / "img/0_0.png").write_bytes(b"broken")
+    assert main(["check-data", str(root), "--csv", "mine.csv"]) == 0
+    assert main(["check-data", str(root), "--csv", "mine.csv", "--decode"]) == 2
+    assert "cannot be decoded" in capsys.readouterr().err
 
 
 def test_check_data_drop_flag(tmp_path, capsys):
@@ -31,7 +55,20 @@ def test_check_data_drop_flag(tmp_path, capsys):
     root = write_dataset(tmp_path / "ds", rows)
     assert main(["check-data", str(root)]) == 2
     assert main(["check-data", str(root), "--drop-queries-without-gallery"]) == 0
-    assert "warning: 1 queries" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "queries: 6   gallery: 7" in out and "warning: 1 queries" in out
+
+
+def test_pipeline_subcommands_are_wired():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if a.dest == "command").choices
+    assert {"check-data", "train", "validate", "predict", "registry"} <= set(commands)
+
+
+def test_missing_command_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main([])
+    assert info.value.code == 2 and "usage" in capsys.readouterr().err
 
 
 def test_python_dash_m_runs_the_cli(dataset_root):

@@ -86,6 +86,25 @@ class _Problems:
         raise DatasetError(f"dataset {self.csv_path} has {len(self.items)} {noun}:\n{numbered}")
 
 
+def _field_count_problem(csv_path: Path) -> str | None:
+    """'CSV lines 3, 9 have 7, 6 fields but the header has 5', for a file pandas refused (error path only)."""
+    import csv as csv_module
+
+    try:
+        with open(csv_path, newline="", encoding="utf-8-sig") as file:
+            reader = csv_module.reader(file)
+            header = next(reader, [])
+            bad = [(reader.line_num, len(row)) for row in reader if row and len(row) != len(header)]
+    except (csv_module.Error, UnicodeDecodeError):
+        return None
+    if not bad:
+        return None
+    lines = _examples(line for line, _ in bad)
+    counts = _examples(n for _, n in bad)
+    return (f"CSV line{'s' if len(bad) > 1 else ''} {lines} ha{'ve' if len(bad) > 1 else 's'} {counts} fields "
+            f"but the header has {len(header)}")
+
+
 def _read_csv(root: Path, csv: str | os.PathLike) -> tuple[Path, pd.DataFrame]:
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} is not a folder; pass the folder that holds the CSV and images")
@@ -95,11 +114,18 @@ def _read_csv(root: Path, csv: str | os.PathLike) -> tuple[Path, pd.DataFrame]:
         hint = f" CSV files in that folder: {', '.join(present)}." if present else " That folder has no CSV file."
         raise DatasetError(f"dataset CSV not found: {csv_path}; pass its name with --csv.{hint}")
     try:
-        table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[""])
+        with warnings.catch_warnings():
+            # index_col=False: a row with more fields than the header must not silently become the index
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            table = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[""], index_col=False,
+                                encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
         raise DatasetError(f"{csv_path} is empty; it needs a header line and one row per image") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
-        detail = str(error).strip().splitlines()[0]
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{csv_path} cannot be parsed as CSV: it is not UTF-8 text ({error.reason} at byte "
+                           f"{error.start}); save it as UTF-8") from None
+    except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError) as error:
+        detail = _field_count_problem(csv_path) or str(error).strip().splitlines()[0]
         raise DatasetError(f"{csv_path} cannot be parsed as CSV ({detail}); check quoting and that every "
                            "line has as many commas as the header") from None
     table.columns = [str(c).strip() for c in table.columns]
