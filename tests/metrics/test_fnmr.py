@@ -86,7 +86,7 @@ def test_chunked_equals_one_piece():
 
 def test_full_bins_are_split_again(monkeypatch):
     """Tiny histograms and a tiny keep limit force the extra histogram passes; the answer must not change."""
-    emb, labels, is_query, is_gallery, _ = random_set(seed=2)
+    emb, labels, is_query, is_gallery, _ = random_set(seed=2, n=120)
     expected = fnmr_at_fmr(emb, labels, is_query, is_gallery, FMRS)
     monkeypatch.setattr(fnmr, "_BINS", 4)
     monkeypatch.setattr(fnmr, "_MAX_KEPT", 3)
