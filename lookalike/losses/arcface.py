@@ -131,10 +131,15 @@ class ArcFaceLoss(nn.Module):
 class ArcFaceLossWithMLP(ArcFaceLoss):
     """ArcFace on top of an MLP (Linear + BatchNorm + ReLU per hidden layer) applied to the features."""
 
-    def __init__(self, in_features: int, num_classes: int, *, mlp_features: Sequence[int] = (512,), **kwargs) -> None:
+    # the arguments are spelled out (not **kwargs) so that pipelines see `labels` / `label2category` to fill
+    def __init__(self, in_features: int, num_classes: int, *, mlp_features: Sequence[int] = (512,), m: float = 0.5,
+                 s: float = 64.0, label_smoothing: float = 0.0, label2category: Mapping | None = None,
+                 labels: Iterable[int] | None = None, reduction: str = "mean") -> None:
         if not mlp_features:
             raise LookalikeError("ArcFaceLossWithMLP needs at least one size in mlp_features")
-        super().__init__(mlp_features[-1], num_classes, **kwargs)
+        mlp_features = [int(f) for f in mlp_features]
+        super().__init__(mlp_features[-1], num_classes, m=m, s=s, label_smoothing=label_smoothing,
+                         label2category=label2category, labels=labels, reduction=reduction)
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(zip((in_features, *mlp_features[:-1]), mlp_features)):
             layers.append(nn.Linear(c_in, c_out))

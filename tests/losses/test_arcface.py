@@ -152,3 +152,14 @@ def test_learns_separable_data(cls):
         loss.backward()
         optimizer.step()
     assert criterion.last_logs["accuracy"] == 1.0 and float(loss.detach()) < first / 4
+
+
+def test_mlp_variant_spells_out_every_argument():
+    """Pipelines fill `labels` / `label2category` only when the signature names them (no **kwargs)."""
+    import inspect
+
+    base = set(inspect.signature(ArcFaceLoss).parameters)
+    assert base <= set(inspect.signature(ArcFaceLossWithMLP).parameters)
+    criterion = ArcFaceLossWithMLP(4, 2, mlp_features=[6], labels=[40, 50], label2category={40: "a", 50: "b"})
+    criterion(torch.randn(2, 4), torch.tensor([50, 40]))
+    assert criterion.last_logs["accuracy"] == 1.0  # each category holds one label: always right
