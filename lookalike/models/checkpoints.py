@@ -200,8 +200,8 @@ def load_into(model: nn.Module, state_or_path: Mapping[str, Tensor] | str | os.P
     """Load weights (a state dict or a checkpoint file) into `model`.
 
     Keys are matched as they are, or under the one prefix that holds most of the model's keys (a training
-    run's `.ckpt` holds `extractor.*` and `criterion.*`; DDP adds `module.`, torch.compile `_orig_mod.`). A mismatch raises `CheckpointError` naming the missing,
-    unexpected (strict only) and wrongly shaped keys.
+    run's `.ckpt` holds `extractor.*` and `criterion.*`; DDP adds `module.`, torch.compile `_orig_mod.`).
+    A mismatch raises `CheckpointError` naming the missing, unexpected (strict only) and wrongly shaped keys.
     """
     if isinstance(state_or_path, (str, os.PathLike)):
         source = f"checkpoint {state_or_path}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-import torch
 import torchvision
 from torch import Tensor, nn
 
@@ -115,8 +114,8 @@ class TimmExtractor(Extractor):
         if pooling not in POOLINGS:
             raise LookalikeError(unknown_choice("pooling", pooling, POOLINGS))
         if not timm.is_model(model_name.split(".")[0]):
-            raise LookalikeError(f"unknown timm model {model_name!r}.{_close_timm_names(model_name, timm.list_models())}"
-                                 " All names: timm.list_models().")
+            close = _close_timm_names(model_name, timm.list_models())
+            raise LookalikeError(f"unknown timm model {model_name!r}.{close} All names: timm.list_models().")
         if pooling == "avg":
             net = timm.create_model(model_name, pretrained=pretrained, num_classes=0, **timm_kwargs)
             pool = None
