@@ -157,9 +157,16 @@ def _check_split(table: pd.DataFrame, problems: _Problems) -> np.ndarray:
     split = table[schema.SPLIT].fillna("").astype(str).str.strip()
     bad = ~split.isin(schema.SPLITS)
     if bad.any():
-        values = _examples(repr(v) for v in pd.unique(split[bad]))
+        unknown = pd.unique(split[bad])
+        values = _examples(repr(v) for v in unknown)
+        aliases = {"val": schema.SPLIT_VALIDATION, "valid": schema.SPLIT_VALIDATION, "test": schema.SPLIT_VALIDATION,
+                   "eval": schema.SPLIT_VALIDATION, "training": schema.SPLIT_TRAIN}
+        meant = {v: aliases.get(v, aliases.get(v.lower(), v.lower() if v.lower() in schema.SPLITS else None))
+                 for v in unknown[:_SHOWN]}
+        hint = "; ".join(f"{v!r} -> {m!r}" for v, m in meant.items() if m)
         problems.add(f"column 'split': unknown value(s) {values} at {_lines(bad)}; use exactly "
-                     f"'{schema.SPLIT_TRAIN}' or '{schema.SPLIT_VALIDATION}'.")
+                     f"'{schema.SPLIT_TRAIN}' or '{schema.SPLIT_VALIDATION}'"
+                     + (f" (probably meant: {hint})." if hint else "."))
     return split.to_numpy()
 
 

@@ -135,6 +135,7 @@ def test_bad_labels_splits_and_flags_all_reported_with_csv_lines(tmp_path):
     assert "4 problems" in message
     assert re.search(r"column 'label'.*CSV line 2\b.*'cat'.*integer", message)
     assert re.search(r"column 'split'.*'val'.*CSV line 3\b.*'train' or 'validation'", message)
+    assert "probably meant: 'val' -> 'validation'" in message
     assert re.search(r"train row\(s\) are marked.*CSV line 4\b.*leave both empty", message)
     assert re.search(r"column 'is_gallery'.*'maybe'.*CSV line 9\b.*true/false", message)
 
@@ -229,7 +230,8 @@ def test_many_missing_images_list_ten_and_count(tmp_path):
 def test_empty_path_cell(tmp_path):
     rows = good_rows()
     rows[2]["path"] = ""
-    assert re.search(r"column 'path': 1 empty cell\(s\) at CSV line 4\b", problems_of(write_dataset(tmp_path / "d", rows)))
+    message = problems_of(write_dataset(tmp_path / "d", rows))
+    assert re.search(r"column 'path': 1 empty cell\(s\) at CSV line 4\b", message)
 
 
 def test_corrupt_image_found_only_with_decode(tmp_path):
@@ -257,7 +259,8 @@ def test_label_with_several_categories(tmp_path):
 def test_empty_category_cell(tmp_path):
     rows = good_rows()
     rows[4]["category"] = ""
-    assert re.search(r"column 'category': 1 empty cell\(s\) at CSV line 6\b", problems_of(write_dataset(tmp_path / "d", rows)))
+    message = problems_of(write_dataset(tmp_path / "d", rows))
+    assert re.search(r"column 'category': 1 empty cell\(s\) at CSV line 6\b", message)
 
 
 def test_bounding_box_rules(tmp_path):
