@@ -61,11 +61,13 @@ def parse_bool(column: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Empty cells are False in `values`; so are invalid ones (which `is_invalid` marks).
     """
-    text = column.fillna("").astype(str).str.strip().str.lower()
-    empty = (text == "").to_numpy()
-    true = text.isin(_TRUE).to_numpy()
-    invalid = ~(empty | true | text.isin(_FALSE).to_numpy())
-    return true, empty, invalid
+    codes, uniques = pd.factorize(column)  # classify the few distinct spellings, not every row; NaN -> code -1
+    text = pd.Index([str(u).strip().lower() for u in uniques], dtype=object)
+    is_empty = np.append(text == "", True)  # the extra last entry is what code -1 (a missing cell) picks
+    is_true = np.append(text.isin(_TRUE), False)
+    is_false = np.append(text.isin(_FALSE), False)
+    empty, true = is_empty[codes], is_true[codes]
+    return true, empty, ~(empty | true | is_false[codes])
 
 
 class _Problems:
@@ -154,7 +156,8 @@ def _check_labels(table: pd.DataFrame, problems: _Problems) -> np.ndarray:
 
 
 def _check_split(table: pd.DataFrame, problems: _Problems) -> np.ndarray:
-    split = table[schema.SPLIT].fillna("").astype(str).str.strip()
+    codes, uniques = pd.factorize(table[schema.SPLIT].fillna(""))
+    split = pd.Series(np.array([str(u).strip() for u in uniques] + [""], dtype=object)[codes])
     bad = ~split.isin(schema.SPLITS)
     if bad.any():
         unknown = pd.unique(split[bad])
@@ -253,7 +256,16 @@ def _resolve_paths(table: pd.DataFrame, root: Path, problems: _Problems) -> np.n
     if empty.any():
         problems.add(f"column 'path': {int(empty.sum())} empty cell(s) at {_lines(empty)}; every row needs the "
                      "image path (relative to the dataset root, or absolute).")
-    return np.array([p if os.path.isabs(p) else str(root / p) for p in raw.fillna("").astype(str)], dtype=object)
+    text = raw.fillna("").astype(str)
+    if os.name == "posix":
+        absolute = text.str.startswith("/").to_numpy(dtype=bool)
+    else:
+        absolute = text.map(os.path.isabs).to_numpy(dtype=bool)
+    dotted = text.str.startswith("./")
+    if dotted.any():  # "./img/a.png" -> "img/a.png", as pathlib would join it
+        text = text.where(~dotted, text.str.replace(r"^(?:\./)+", "", regex=True))
+    joined = (str(root) + os.sep) + text
+    return np.where(absolute | empty.to_numpy(), text.to_numpy(dtype=object), joined.to_numpy(dtype=object))
 
 
 def _check_images(paths: np.ndarray, bbox: np.ndarray | None, mode: str, problems: _Problems) -> None:

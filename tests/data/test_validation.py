@@ -63,8 +63,10 @@ def test_accepted_spellings_extra_columns_absolute_paths_and_query_only_items(tm
     root = write_dataset(tmp_path / "ds", rows)
     outside = write_dataset(tmp_path / "elsewhere", [{"path": "x.png"}])
     rows[0]["path"] = str(outside / "x.png")  # absolute paths are used as they are
+    rows[1]["path"] = "./img/0_1.png"
     write_dataset(root, rows)
     table = load_dataset_table(root)
+    assert table["path"][1] == str(root / "img" / "0_1.png")
     assert table["note"].tolist() == ["kept"] * 12
     assert table["path"][0] == str(outside / "x.png")
     val = table[table["split"] == "validation"]
