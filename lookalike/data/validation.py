@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -268,6 +269,24 @@ def _resolve_paths(table: pd.DataFrame, root: Path, problems: _Problems) -> np.n
     return np.where(absolute | empty.to_numpy(), text.to_numpy(dtype=object), joined.to_numpy(dtype=object))
 
 
+def _decoded_size(path: str) -> tuple[tuple[int, int] | None, str | None]:
+    """((width, height), None) after a full decode, or (None, why it failed)."""
+    try:
+        return read_image(path).size, None
+    except DatasetError as error:
+        return None, str(error).split(": ", 1)[-1].split(";")[0]
+    except Exception as error:  # any decoder failure is a problem of that file
+        return None, f"{type(error).__name__}: {error}"
+
+
+def _header_size(path: str) -> tuple[tuple[int, int] | None, str | None]:
+    """((width, height), None) from the header alone, or (None, why it failed)."""
+    try:
+        return image_size(path), None
+    except Exception as error:  # unreadable header: a problem of that file
+        return None, f"{type(error).__name__}: {error}"
+
+
 def _check_images(paths: np.ndarray, bbox: np.ndarray | None, mode: str, problems: _Problems) -> None:
     """Files exist; with "decode" they fully decode; boxes lie inside their image (sizes from lazy opens)."""
     if mode == "none":
@@ -288,13 +307,14 @@ def _check_images(paths: np.ndarray, bbox: np.ndarray | None, mode: str, problem
         to_open = pd.unique(paths[boxed]).tolist()
     broken: dict[str, str] = {}
     sizes: dict[str, tuple[int, int]] = {}
-    for path in to_open:
-        try:
-            sizes[path] = read_image(path).size if mode == "decode" else image_size(path)
-        except DatasetError as error:
-            broken[path] = str(error).split(": ", 1)[-1].split(";")[0]
-        except Exception as error:  # any decoder failure is a problem of that file
-            broken[path] = f"{type(error).__name__}: {error}"
+    opener = _decoded_size if mode == "decode" else _header_size
+    workers = min(8, os.cpu_count() or 1) if mode == "decode" and len(to_open) > 64 else 1
+    with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding
+        for path, (size, why) in zip(to_open, pool.map(opener, to_open, chunksize=32)):
+            if why is None:
+                sizes[path] = size
+            else:
+                broken[path] = why
     if broken:
         rows = path_series.isin(list(broken)).to_numpy()
         listing = "; ".join(f"{p} ({why})" for p, why in list(broken.items())[:_SHOWN])
