@@ -6,8 +6,8 @@ them decoded as uint8 HxWx3 numpy arrays, so each distinct (file, bbox) is decod
 Cache and DataLoader workers. A worker process gets a copy of the dataset (and of its cache) when it starts;
 whatever a worker decodes afterwards stays in that worker, so with N workers each image would be decoded N
 times and held N times. Call `preload()` in the main process before the DataLoader starts its workers: with the
-default "fork" start method (Linux) the workers then share the already decoded arrays copy-on-write (numpy
-arrays are never written to, so their pages stay shared), and nothing is decoded again. With "spawn" (macOS,
+default "fork" start method (Linux) the workers then share the already decoded arrays copy-on-write (the
+pixel buffers are never written to, so their memory pages stay shared), and nothing is decoded again. With "spawn" (macOS,
 Windows) the preloaded cache is pickled to each worker once instead.
 
 This module imports no torch, so validating a CSV stays fast.

@@ -1,7 +1,7 @@
 """The dataset CSV: read it, check every rule of the format, and report all problems in one clear message.
 
 Row numbers in messages are CSV line numbers: the header is line 1, the first data row is line 2, so a user
-can jump straight to them in an editor.
+can jump straight to them in an editor (as long as no quoted cell spans several lines).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class DatasetSummary:
 
 
 def _lines(mask: np.ndarray | pd.Series) -> str:
-    """'CSV lines 2, 7 and 9' for the rows where mask is true (the first few, then a count)."""
+    """'CSV lines 2, 7, 9' for the rows where mask is true (the first ten, then a count)."""
     rows = np.flatnonzero(np.asarray(mask)) + 2
     shown = ", ".join(str(r) for r in rows[:_SHOWN])
     more = f" (and {len(rows) - _SHOWN} more)" if len(rows) > _SHOWN else ""
