@@ -4,15 +4,28 @@ Positive pairs share a label, negative pairs do not; the query itself and its sa
 no pair. For an FMR value f the threshold is the f-quantile of the negative distances (linear interpolation
 between order statistics, as ``numpy.quantile``), and FNMR is the fraction of positive distances above it.
 
-Positives are few (about Nq x items per label) and are kept. The negatives' order statistics are found exactly
-without keeping them: pass 1 histograms them over a range known in advance (cosine: [0, 2]; other distances:
-bounds from the largest norms), pass 2 keeps only the negatives that fall in the bins holding the needed
-ranks. A bin too full to keep is histogrammed again (one more pass) until it is small. Every pass counts the
-negatives before the kept bins itself, so a rank's position never depends on another pass's arithmetic.
+Every distance that enters the answer is the retrieval layer's canonical distance
+(`lookalike.retrieval.pair_distances`, the one exact search reports), so the result is bit-for-bit the same
+whatever the chunk sizes. Computing it for every pair would be slow, so blocks of pairs are first *screened*
+with one fp32 matmul ("fast" distances) whose error against the canonical value is bounded by ``err`` (see
+`_screening_error`), the same idea as exact search:
+
+1. pass 1 computes the canonical distance of every positive pair (positives are few: about Nq x items per
+   label; only their float32 values are kept) and a histogram of the negatives' fast distances;
+2. for each needed order statistic (rank r of the negatives) the histogram gives the fast bin holding rank r;
+   widened by ``2.5 err`` on each side it is a *window* that surely holds every negative whose canonical
+   distance could be the answer. The next pass counts the negatives whose fast distance lies below the window,
+   computes canonical distances only inside it, and keeps those in the part of the window where canonical
+   order is certain. A kept set too large for memory is histogrammed again (by canonical distance) instead,
+   one more pass, until it is small or all its values are equal.
+
+Euclidean distances are screened and histogrammed as squares (the matmul's error is an absolute bound on the
+square); a float32 distance squared is exact in float64, so order and ties are unchanged.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -21,47 +34,94 @@ import torch
 from torch import Tensor
 
 from lookalike.errors import LookalikeError
-from lookalike.retrieval import factorize_sequences
+from lookalike.retrieval import factorize_sequences, pair_distances
 from lookalike.retrieval.base import as_embeddings, check_distance
+from lookalike.retrieval.distances import TINY_NORM, row_sq_norms
 
-__all__ = ["fnmr_at_fmr", "block_distances"]
+__all__ = ["fnmr_at_fmr"]
 
 _BINS = 1 << 16
-#: a bin holding more negatives than this is split by another histogram pass instead of being kept
+#: a kept set holding more negatives than this is split by another histogram pass instead of being kept
 _MAX_KEPT = 1 << 22
+#: nested histogram levels before a set is kept whatever its size (float64 bins are then below resolution)
+_MAX_DEPTH = 6
+U32 = 2.0**-24
+U_BF16 = 2.0**-8
+SAFETY = 1.25
 
 
-def block_distances(queries: Tensor, gallery: Tensor, distance: str, q_sq: Tensor | None = None,
-                    g_sq: Tensor | None = None) -> Tensor:
-    """Distances ("smaller is closer") between every query and every gallery row of one block.
+def _fp32_matmul_is_ieee() -> bool:
+    """False when torch may run fp32 matmuls with reduced-precision inputs (then the error bound widens)."""
+    try:
+        if torch.get_float32_matmul_precision() != "highest":
+            return False
+    except RuntimeError:
+        return False
+    matmul = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
+    return getattr(matmul, "fp32_precision", "none") in ("none", "ieee")
 
-    cosine expects rows already L2-normalised (zero rows stay zero: distance 1 to everything); euclidean takes
-    the rows' squared norms ``q_sq`` / ``g_sq`` when known.
+
+def _norms(x: Tensor) -> Tensor:
+    out = torch.empty(len(x), dtype=torch.float64)
+    step = max(1, (1 << 18) // max(x.shape[1], 1))
+    for a in range(0, len(x), step):
+        out[a : a + step] = torch.linalg.vector_norm(x[a : a + step], dim=1, dtype=torch.float64)
+    return out
+
+
+def _screening_error(distance: str, d: int, q_max: float, g_max: float, ieee: bool) -> float:
+    """Bound on |fast key - canonical key| for every pair (key = distance; euclidean: squared distance).
+
+    The fp32 matmul of rows with norms <= B_q, B_g errs by at most ``gamma_d B_q B_g`` in any summation order
+    (``gamma_d = d u / (1 - d u)``, ``u = 2^-24``; reduced-precision matmuls add ``2.01 * 2^-8 B_q B_g``).
+    cosine rows are ``x * fl(1/|x|)``: within ``2u + u^2`` of the unit vector. Then the fp32 roundings of the
+    fast formula, and the canonical value's own float64 error and float32 rounding, are added; the total is
+    multiplied by 1.25 for the float64 noise of the bound itself.
     """
+    gamma = d * U32 / (1.0 - d * U32) + (0.0 if ieee else 2.01 * U_BF16)
+    f64 = d * 2.0**-50
     if distance == "cosine":
-        return (1.0 - queries @ gallery.T).clamp_(min=0.0)
-    if distance == "inner_product":
-        return (queries @ gallery.T).neg_()
-    if distance == "euclidean":
-        q_sq = (queries * queries).sum(1) if q_sq is None else q_sq
-        g_sq = (gallery * gallery).sum(1) if g_sq is None else g_sq
-        d = (queries @ gallery.T).mul_(-2.0).add_(q_sq[:, None]).add_(g_sq[None, :])
-        return d.clamp_(min=0.0).sqrt_()
-    raise LookalikeError(f"unknown distance {distance!r}; use cosine, inner_product or euclidean")
+        e = 2 * U32 + U32 * U32 + 1e-12
+        b = 1.0 + e
+        core = 2 * e * b + gamma * b * b + 4 * U32 + f64
+        tiny = d * 2.0**-120 * 4
+    elif distance == "inner_product":
+        core = (gamma + 2 * U32 + f64) * q_max * g_max
+        tiny = d * 2.0**-120 * (1 + q_max) * (1 + g_max)
+    else:
+        # fast: |q|^2 + |g|^2 - 2 s in fp32; canonical: fl32(sqrt(sum (q - g)^2)), squared exactly
+        core = 2 * gamma * q_max * g_max + (5 * U32 + 2 * f64) * (q_max + g_max) ** 2
+        tiny = d * 2.0**-120 * (1 + q_max) * (1 + g_max) * 4
+    return SAFETY * core + tiny
 
 
 class _Pairs:
-    """Every (query, gallery) pair of a dataset, block by block: distances of positives and of negatives."""
+    """Every (query, gallery) pair of a dataset, block by block: fast keys and the positive / negative masks."""
 
     def __init__(self, embeddings: Tensor, labels: Tensor, is_query: Tensor, is_gallery: Tensor,
                  sequences: Tensor | None, distance: str, query_chunk_size: int, gallery_chunk_size: int):
+        n = len(embeddings)
         q_idx, g_idx = is_query.nonzero().squeeze(1), is_gallery.nonzero().squeeze(1)
-        emb = embeddings
+        self.q = embeddings if len(q_idx) == n else embeddings[q_idx]  # raw rows: canonical distances
+        self.g = embeddings if len(g_idx) == n else embeddings[g_idx]
+        q_norm, g_norm = _norms(self.q), _norms(self.g)
+        self.qs, self.gs = self.q, self.g  # screening rows
+        self.q_sq = self.g_sq = self.q_sq_canonical = None
         if distance == "cosine":
-            emb = torch.nn.functional.normalize(emb, dim=1)
-        self.q, self.g = emb[q_idx], emb[g_idx]
-        self.q_sq = (self.q * self.q).sum(1) if distance == "euclidean" else None
-        self.g_sq = (self.g * self.g).sum(1) if distance == "euclidean" else None
+            inverse = lambda norm: torch.where(norm > TINY_NORM, 1.0 / norm.clamp(min=TINY_NORM), 0.0).float()  # noqa: E731
+            self.qs, self.gs = self.q * inverse(q_norm)[:, None], self.g * inverse(g_norm)[:, None]
+            self.q_sq_canonical = row_sq_norms(self.q)
+        elif distance == "euclidean":
+            self.q_sq, self.g_sq = q_norm.square().float(), g_norm.square().float()
+        q_max = float(q_norm.max()) * (1 + 1e-12) if len(q_norm) else 0.0
+        g_max = float(g_norm.max()) * (1 + 1e-12) if len(g_norm) else 0.0
+        self.err = _screening_error(distance, embeddings.shape[1], q_max, g_max, _fp32_matmul_is_ieee())
+        if distance == "cosine":
+            self.key_range = (0.0, 2.0)
+        elif distance == "inner_product":
+            self.key_range = (-q_max * g_max, q_max * g_max)
+        else:
+            self.key_range = (0.0, (q_max + g_max) ** 2)
         self.q_lab, self.g_lab = labels[q_idx], labels[g_idx]
         self.q_key, self.g_key = q_idx, g_idx
         self.q_seq = None if sequences is None else sequences[q_idx]
@@ -69,138 +129,210 @@ class _Pairs:
         self.distance = distance
         self.qc, self.gc = query_chunk_size, gallery_chunk_size
 
-    def range(self) -> tuple[float, float]:
-        """Bounds that hold every distance (known before computing any)."""
+    def fast_keys(self, q0: int, q1: int, g0: int, g1: int) -> Tensor:
+        """Screening keys of one block (cosine / inner product: the distance; euclidean: its square)."""
+        s = self.qs[q0:q1] @ self.gs[g0:g1].T
         if self.distance == "cosine":
-            return 0.0, 2.0
-        q_max = float(self.q.norm(dim=1).max()) if len(self.q) else 0.0
-        g_max = float(self.g.norm(dim=1).max()) if len(self.g) else 0.0
+            return torch.rsub(s, 1.0).clamp_(min=0.0)
         if self.distance == "inner_product":
-            return -q_max * g_max, q_max * g_max
-        return 0.0, q_max + g_max
+            return s.neg_()
+        return s.mul_(-2.0).add_(self.q_sq[q0:q1, None]).add_(self.g_sq[None, g0:g1]).clamp_(min=0.0)
 
-    def blocks(self) -> Iterator[tuple[Tensor, Tensor]]:
-        """(positive distances, negative distances) of one block of pairs at a time."""
+    def canonical_keys(self, q_pos: Tensor, g_pos: Tensor) -> Tensor:
+        """Canonical keys (float64) of the pairs ``(q_pos[i], g_pos[i])``."""
+        d = pair_distances(self.q, self.g, q_pos, g_pos, self.distance, self.q_sq_canonical).double()
+        return d.square_() if self.distance == "euclidean" else d
+
+    def to_distance(self, key: float) -> float:
+        return math.sqrt(key) if self.distance == "euclidean" else key
+
+    def blocks(self) -> Iterator[tuple[int, int, Tensor, Tensor, Tensor]]:
+        """``(q0, g0, fast keys, positive mask, negative mask)`` of one block of pairs at a time."""
         for q0 in range(0, len(self.q), self.qc):
             q1 = min(q0 + self.qc, len(self.q))
             for g0 in range(0, len(self.g), self.gc):
                 g1 = min(g0 + self.gc, len(self.g))
-                d = block_distances(self.q[q0:q1], self.g[g0:g1], self.distance,
-                                    None if self.q_sq is None else self.q_sq[q0:q1],
-                                    None if self.g_sq is None else self.g_sq[g0:g1])
+                keys = self.fast_keys(q0, q1, g0, g1)
                 same = self.q_lab[q0:q1, None] == self.g_lab[None, g0:g1]
                 pair = self.q_key[q0:q1, None] != self.g_key[None, g0:g1]
                 if self.q_seq is not None:
                     qs = self.q_seq[q0:q1, None]
                     pair &= (qs != self.g_seq[None, g0:g1]) | (qs < 0)
-                yield d[same & pair], d[pair.logical_and_(same.logical_not_())]
+                yield q0, g0, keys, same & pair, pair.logical_and_(same.logical_not_())
+
+    def canonical_of(self, q0: int, g0: int, mask: Tensor) -> Tensor:
+        """Canonical keys (float64) of the block's pairs where ``mask`` is True."""
+        rows, cols = mask.nonzero(as_tuple=True)
+        return self.canonical_keys(rows + q0, cols + g0)
+
+    def distances_of(self, q0: int, g0: int, mask: Tensor) -> Tensor:
+        """Canonical float32 distances of the block's pairs where ``mask`` is True."""
+        rows, cols = mask.nonzero(as_tuple=True)
+        return pair_distances(self.q, self.g, rows + q0, cols + g0, self.distance, self.q_sq_canonical)
 
 
-class _Bin:
-    """A histogram bin, nested: the path of (low edge, width, bin number) from the whole range down to it.
+def _index(values: Tensor, low: float, width: float) -> Tensor:
+    return ((values - low) / width).floor_().clamp_(0, _BINS - 1).long()
 
-    Membership is computed by the same float formula in every pass, so a value lands in the same bin each time.
-    A bin's own range ``[low, low + width)`` is split into `_BINS` children when it is histogrammed.
-    """
 
-    def __init__(self, path: tuple[tuple[float, float, int], ...], low: float, width: float):
-        self.path, self.low, self.width = path, low, width
+def _count_into(counts: Tensor, idx: Tensor) -> None:
+    """``counts[i] += (idx == i).sum()`` for every bin; small blocks skip the pass over the whole histogram."""
+    if len(idx) * 8 < len(counts):
+        counts.index_add_(0, idx, torch.ones_like(idx))
+    else:
+        counts += torch.bincount(idx, minlength=len(counts))
 
-    @staticmethod
-    def index(values: Tensor, low: float, width: float) -> Tensor:
-        return ((values - low) / width).floor_().clamp_(0, _BINS - 1).long()
+
+class _Node:
+    """A range of canonical keys: ``[lo, hi)`` (exact comparisons), then a path of nested histogram bins
+    ``(low, width, bin number)``. Membership is the same float formula in every pass, so a value always lands
+    in the same bin."""
+
+    def __init__(self, lo: float, hi: float, path: tuple[tuple[float, float, int], ...] = ()):
+        self.lo, self.hi, self.path = lo, hi, path
+        if path:
+            low, width, b = path[-1]
+            self.low, self.width = low + b * width, width
+        else:
+            self.low, self.width = lo, hi - lo
 
     def split(self, values: Tensor) -> tuple[Tensor, int]:
-        """(the values inside this bin, how many values lie in earlier bins)."""
-        inside, before = values, 0
+        """(the values inside this node, how many values lie before it)."""
+        before = int((values < self.lo).sum())
+        inside = values[(values >= self.lo) & (values < self.hi)]
         for low, width, b in self.path:
-            idx = self.index(inside, low, width)
+            idx = _index(inside, low, width)
             before += int((idx < b).sum())
             inside = inside[idx == b]
         return inside, before
 
-    def children(self, inside: Tensor) -> Tensor:
-        """Child-bin numbers (0.._BINS-1) of values inside this bin."""
-        return self.index(inside, self.low, self.width / _BINS)
-
-    def child(self, b: int) -> "_Bin":
+    def child(self, b: int) -> "_Node":
         width = self.width / _BINS
-        return _Bin(self.path + ((self.low, width, b),), self.low + b * width, width)
+        return _Node(self.lo, self.hi, self.path + ((self.low, width, b),))
+
+
+class _Window:
+    """Negatives whose fast key is in ``[lo, hi)`` get canonical keys; those below are only counted.
+
+    With ``err`` the screening bound, a negative below the window has a canonical key ``< lo + err`` and one
+    above it ``>= hi - err``, so inside ``[lo + err, hi - err)`` the canonical order of all negatives is known
+    from the window's own values plus the count below.
+    """
+
+    def __init__(self, lo: float, hi: float, err: float):
+        # fp32-representable bounds (the fast keys are fp32), rounded outward
+        self.lo = float(np.nextafter(np.float32(lo), np.float32(-np.inf))) if math.isfinite(lo) else lo
+        self.hi = float(np.nextafter(np.float32(hi), np.float32(np.inf))) if math.isfinite(hi) else hi
+        self.certain = (self.lo + err, self.hi - err)
+
+    def take(self, pairs: _Pairs, q0: int, g0: int, keys: Tensor, neg: Tensor) -> tuple[Tensor, int]:
+        """(canonical keys of the block's negatives in the window, how many negatives lie below it)."""
+        below = int((neg & (keys < self.lo)).sum()) if math.isfinite(self.lo) else 0
+        mask = neg
+        if math.isfinite(self.lo):
+            mask = mask & (keys >= self.lo)
+        if math.isfinite(self.hi):
+            mask = mask & (keys < self.hi)
+        return pairs.canonical_of(q0, g0, mask), below
 
 
 class _Histogram:
-    """Counts of a bin's children over one pass, the values before the bin, and the bin's min and max."""
+    """Counts of a node's child bins over one pass, the values before the node, and the node's min and max."""
 
-    def __init__(self, node: _Bin):
+    def __init__(self, node: _Node):
         self.node, self.counts, self.before = node, torch.zeros(_BINS, dtype=torch.long), 0
-        self.min, self.max = float("inf"), float("-inf")
+        self.min, self.max = math.inf, -math.inf
 
-    def add(self, values: Tensor) -> None:
+    def add(self, values: Tensor, below: int) -> None:
         inside, before = self.node.split(values)
-        self.before += before
+        self.before += before + below
         if len(inside):
-            idx = self.node.children(inside)
-            if len(idx) * 8 < _BINS:  # small blocks: no pass over the whole histogram
-                self.counts.index_add_(0, idx, torch.ones_like(idx))
-            else:
-                self.counts += torch.bincount(idx, minlength=_BINS)
+            _count_into(self.counts, _index(inside, self.node.low, self.node.width / _BINS))
             self.min, self.max = min(self.min, float(inside.min())), max(self.max, float(inside.max()))
 
+    def holds(self, rank: int) -> bool:
+        return self.before <= rank < self.before + int(self.counts.sum())
+
     def locate(self, rank: int) -> int:
-        """The child bin that holds the 0-based ``rank`` (counted over all values)."""
+        """The child bin that holds the 0-based ``rank`` (counted over all negatives)."""
         cumulative = self.counts.cumsum(0) + self.before
         return min(int(torch.searchsorted(cumulative, torch.tensor(rank), right=True)), _BINS - 1)
 
 
 class _Kept:
-    """The values of one bin, sorted, and how many values lie before it (one pass)."""
+    """The values of one node, sorted, and how many values lie before it (one pass)."""
 
-    def __init__(self, node: _Bin):
-        self.node, self.parts, self.before = node, [], 0
+    def __init__(self, node: _Node):
+        self.node, self.parts, self.before, self.values = node, [], 0, None
 
-    def add(self, values: Tensor) -> None:
+    def add(self, values: Tensor, below: int) -> None:
         inside, before = self.node.split(values)
-        self.before += before
+        self.before += before + below
         self.parts.append(inside)
 
+    def holds(self, rank: int) -> bool:
+        return self.before <= rank < self.before + sum(len(p) for p in self.parts)
+
     def value(self, rank: int) -> float:
-        values = torch.sort(torch.cat(self.parts)).values if not isinstance(self.parts, Tensor) else self.parts
-        self.parts = values
-        if not 0 <= rank - self.before < len(values):
-            raise RuntimeError(f"fnmr_at_fmr: rank {rank} is not in its bin; distances differed between passes")
-        return float(values[rank - self.before])
+        if self.values is None:
+            self.values = torch.sort(torch.cat(self.parts)).values
+        return float(self.values[rank - self.before])
 
 
-def _order_statistics(pairs: "_Pairs", root: _Histogram, ranks: list[int]) -> dict[int, float]:
-    """Exact values of the given 0-based ranks of the negative distances, from the pass-1 histogram ``root``."""
+def _order_statistics(pairs: _Pairs, root: Tensor, root_low: float, root_width: float,
+                      ranks: list[int]) -> dict[int, float]:
+    """Exact canonical keys of the given 0-based ranks of the negatives, from the pass-1 fast histogram."""
+    err, (key_lo, key_hi) = pairs.err, pairs.key_range
+    cumulative = root.cumsum(0)
+    # the fuzz of the bin formula (fp32 arithmetic) on the fast bin edges
+    fuzz = 4 * U32 * (abs(root_low) + _BINS * root_width) + 1e-30
+    pending: dict[int, tuple[_Window, _Node, bool]] = {}
+    for r in ranks:
+        b = int(torch.searchsorted(cumulative, torch.tensor(r), right=True))
+        low = root_low + b * root_width if b > 0 else -math.inf
+        high = root_low + (b + 1) * root_width if b < _BINS - 1 else math.inf
+        window = _Window(low - fuzz - 2.5 * err, high + fuzz + 2.5 * err, err)
+        c_lo, c_hi = window.certain
+        # canonical keys never leave the known range, which makes the node finite
+        node = _Node(max(c_lo, key_lo - 2 * err), min(c_hi, key_hi + 2 * err))
+        first, last = max(0, int(_index(torch.tensor([window.lo]), root_low, root_width))), int(
+            _index(torch.tensor([window.hi]), root_low, root_width))
+        estimate = int(root[first : last + 1].sum())
+        pending[r] = (window, node, estimate <= _MAX_KEPT)
+
     value: dict[int, float] = {}
-    pending = {r: root for r in ranks}  # rank -> histogram of a bin that holds it
     while pending:
-        for r, hist in list(pending.items()):
-            if hist.min == hist.max:  # every value of the bin is the same (bins finer than float resolution)
-                value[r] = hist.min
-                del pending[r]
-        if not pending:
-            break
         jobs: dict[tuple, _Histogram | _Kept] = {}
+        windows: dict[tuple, _Window] = {}
         wanted: dict[int, tuple] = {}
-        for r, hist in pending.items():
-            b = hist.locate(r)
-            node = hist.node.child(b)
-            wanted[r] = node.path
-            if node.path not in jobs:
-                small = int(hist.counts[b]) <= _MAX_KEPT or len(node.path) >= 8
-                jobs[node.path] = _Kept(node) if small else _Histogram(node)
-        for _, neg in pairs.blocks():
-            for job in jobs.values():
-                job.add(neg)
+        for r, (window, node, keep) in pending.items():
+            wkey = (window.lo, window.hi)
+            windows[wkey] = window
+            key = (wkey, node.lo, node.hi, node.path, keep)
+            wanted[r] = key
+            if key not in jobs:
+                jobs[key] = _Kept(node) if keep else _Histogram(node)
+        by_window = {wkey: [job for key, job in jobs.items() if key[0] == wkey] for wkey in windows}
+        for q0, g0, keys, _, neg in pairs.blocks():
+            for wkey, window in windows.items():
+                values, below = window.take(pairs, q0, g0, keys, neg)
+                for job in by_window[wkey]:
+                    job.add(values, below)
         next_pending = {}
-        for r, path in wanted.items():
-            job = jobs[path]
+        for r, key in wanted.items():
+            job, (window, node, _) = jobs[key], pending[r]
+            if not job.holds(r):
+                raise RuntimeError(f"fnmr_at_fmr: negative rank {r} is not where the screening bound puts it; "
+                                   "the fp32 matmul broke its error bound (please report this)")
             if isinstance(job, _Kept):
                 value[r] = job.value(r)
+            elif job.min == job.max:  # every value of the node is the same
+                value[r] = job.min
             else:
-                next_pending[r] = job
+                b = job.locate(r)
+                child = node.child(b)
+                keep = int(job.counts[b]) <= _MAX_KEPT or len(child.path) >= _MAX_DEPTH
+                next_pending[r] = (window, child, keep)
         pending = next_pending
     return value
 
@@ -224,7 +356,8 @@ def fnmr_at_fmr(
     """FNMR at each FMR value in (0, 1] (0.001 = 0.1%); None where there is no positive or no negative pair.
 
     ``sequences``: any hashable per item (None / NaN = no sequence); same-sequence pairs are left out.
-    Memory: one (query_chunk_size x gallery_chunk_size) block, the positive distances and a histogram.
+    Distances are the canonical ones exact search reports. Memory: one (query_chunk_size x gallery_chunk_size)
+    block, the positives' distances, a histogram and the negatives near each threshold.
     """
     fmr_vals = [float(f) for f in fmr_vals]
     if any(not 0.0 < f <= 1.0 for f in fmr_vals):
@@ -237,28 +370,35 @@ def fnmr_at_fmr(
     if not len(labels_t) == len(q_flag) == len(g_flag) == len(emb):
         raise LookalikeError(f"fnmr_at_fmr: {len(emb)} embeddings but {len(labels_t)} labels, {len(q_flag)} "
                              f"is_query and {len(g_flag)} is_gallery values; give one of each per item")
+    if len(sequences if sequences is not None else emb) != len(emb):
+        raise LookalikeError(f"fnmr_at_fmr: sequences must have one value per embedding ({len(emb)})")
     seq = None if sequences is None else factorize_sequences(sequences)
     pairs = _Pairs(emb, labels_t, q_flag, g_flag, seq, distance, int(query_chunk_size), int(gallery_chunk_size))
 
-    # pass 1: positives, and a histogram of the negatives over a range known to hold them all
-    low, high = pairs.range()
-    span = max(high - low, 1e-6) * (1 + 1e-6)
-    root = _Histogram(_Bin((), low - 1e-7 * span, span))
+    # pass 1: canonical distances of the positives, and a histogram of the negatives' fast keys
+    key_lo, key_hi = pairs.key_range
+    root_low = key_lo - 2 * pairs.err
+    root_width = (key_hi - key_lo + 4 * pairs.err) / _BINS or 1e-30
+    root = torch.zeros(_BINS, dtype=torch.long)
     positives = []
-    for pos, neg in pairs.blocks():
-        positives.append(pos)
-        root.add(neg)
-    pos = torch.cat(positives) if positives else torch.empty(0)
-    n_neg = int(root.counts.sum())
-    if len(pos) == 0 or n_neg == 0:
+    for q0, g0, keys, pos, neg in pairs.blocks():
+        if bool(pos.any()):
+            positives.append(pairs.distances_of(q0, g0, pos))
+        if bool(neg.any()):
+            _count_into(root, _index(keys[neg], root_low, root_width))
+    pos_dist = torch.cat(positives).double() if positives else torch.empty(0, dtype=torch.float64)
+    n_neg = int(root.sum())
+    if len(pos_dist) == 0 or n_neg == 0:
         return {f: None for f in fmr_vals}
 
     positions = {f: f * (n_neg - 1) for f in fmr_vals}
     ranks = sorted({int(p) for p in positions.values()} | {min(int(p) + 1, n_neg - 1) for p in positions.values()})
-    value = _order_statistics(pairs, root, ranks)  # pass 2 (more only for bins too full to keep)
+    keys = _order_statistics(pairs, root, root_low, root_width, ranks)  # usually one more pass
     out: dict[float, float | None] = {}
     for f, p in positions.items():
         lo, hi = int(p), min(int(p) + 1, n_neg - 1)
-        threshold = value[lo] + (p - lo) * (value[hi] - value[lo])
-        out[f] = float((pos > threshold).double().mean())
+        d_lo, d_hi = pairs.to_distance(keys[lo]), pairs.to_distance(keys[hi])
+        t = p - lo  # numpy's linear interpolation, rounding included (so the two agree to the last bit)
+        threshold = d_lo + t * (d_hi - d_lo) if t < 0.5 else d_hi - (d_hi - d_lo) * (1 - t)
+        out[f] = float((pos_dist > threshold).double().mean())
     return out

@@ -8,6 +8,7 @@ import torch
 
 from lookalike.errors import LookalikeError
 from lookalike.metrics import fnmr, fnmr_at_fmr
+from lookalike.retrieval import pair_distances
 
 
 def test_hand_worked():
@@ -57,8 +58,31 @@ def random_set(seed=0, n=300):
 FMRS = (0.001, 0.01, 0.1, 0.5, 1.0)
 
 
+def canonical_reference(emb, labels, is_query, is_gallery, fmr_vals, distance="cosine", sequences=None):
+    """The full Nq x Ng matrix of the retrieval layer's canonical distances, then numpy's quantile."""
+    q, g = np.flatnonzero(is_query), np.flatnonzero(is_gallery)
+    qq, gg = np.meshgrid(np.arange(len(q)), np.arange(len(g)), indexing="ij")
+    dist = pair_distances(emb[q], emb[g], torch.from_numpy(qq.ravel()), torch.from_numpy(gg.ravel()), distance)
+    dist = dist.double().numpy().reshape(len(q), len(g))
+    same = labels[q][:, None] == labels[g][None, :]
+    pair = q[:, None] != g[None, :]
+    if sequences is not None:
+        pair &= ~((sequences[q][:, None] == sequences[g][None, :]) & (sequences[q][:, None] >= 0))
+    pos, neg = dist[same & pair], dist[~same & pair]
+    return {f: float((pos > np.quantile(neg, f)).mean()) for f in fmr_vals}
+
+
 @pytest.mark.parametrize("distance", ["cosine", "euclidean", "inner_product"])
-@pytest.mark.parametrize("chunks", [(7, 11), (64, 1000), (1000, 1000)])
+def test_equals_canonical_full_matrix_exactly(distance):
+    emb, labels, is_query, is_gallery, sequences = random_set(seed=5)
+    as_ids = [None if s < 0 else f"seq{s}" for s in sequences]
+    ours = fnmr_at_fmr(emb, labels, is_query, is_gallery, FMRS, sequences=as_ids, distance=distance,
+                       query_chunk_size=64, gallery_chunk_size=100)
+    assert ours == canonical_reference(emb, labels, is_query, is_gallery, FMRS, distance, sequences)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean", "inner_product"])
+@pytest.mark.parametrize("chunks", [(7, 11), (1000, 1000)])
 def test_equals_quantile_reference(distance, chunks):
     emb, labels, is_query, is_gallery, _ = random_set()
     ours = fnmr_at_fmr(emb, torch.from_numpy(labels), torch.from_numpy(is_query), torch.from_numpy(is_gallery),
@@ -81,7 +105,7 @@ def test_chunked_equals_one_piece():
     emb, labels, is_query, is_gallery, _ = random_set(seed=1)
     one = fnmr_at_fmr(emb, labels, is_query, is_gallery, FMRS, query_chunk_size=10_000, gallery_chunk_size=10_000)
     chunked = fnmr_at_fmr(emb, labels, is_query, is_gallery, FMRS, query_chunk_size=13, gallery_chunk_size=29)
-    assert chunked == pytest.approx(one, abs=1e-3)
+    assert chunked == one  # canonical distances: bit-for-bit the same whatever the blocks
 
 
 def test_full_bins_are_split_again(monkeypatch):
@@ -93,7 +117,7 @@ def test_full_bins_are_split_again(monkeypatch):
     calls = []
     original = fnmr._Pairs.blocks
     monkeypatch.setattr(fnmr._Pairs, "blocks", lambda self: calls.append(1) or original(self))
-    assert fnmr_at_fmr(emb, labels, is_query, is_gallery, FMRS) == pytest.approx(expected, abs=1e-12)
+    assert fnmr_at_fmr(emb, labels, is_query, is_gallery, FMRS) == expected
     assert len(calls) > 3  # more than pass 1 + pass 2
 
 
@@ -126,3 +150,36 @@ def test_bad_input():
         fnmr_at_fmr(torch.randn(4, 3), torch.arange(3), flags, flags, (0.1,))
     with pytest.raises(LookalikeError, match="distance"):
         fnmr_at_fmr(torch.randn(4, 3), torch.arange(4), flags, flags, (0.1,), distance="manhattan")
+
+
+def near_ties(seed=0, n=240, dim=48):
+    """Items 1e-6 apart around a few centres, in large norms: far below fp32 matmul resolution."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(4, dim)) * 30
+    emb = centres[rng.integers(0, 4, n)] + 1e-6 * rng.normal(size=(n, dim))
+    labels = rng.integers(0, 40, n)
+    return torch.from_numpy(emb).float(), labels, rng.random(n) < 0.7, np.ones(n, dtype=bool)
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean", "inner_product"])
+def test_screening_bound_holds_on_near_ties(distance):
+    emb, labels, is_query, is_gallery = near_ties()
+    flags = torch.ones(len(emb), dtype=torch.bool)
+    pairs = fnmr._Pairs(emb, torch.from_numpy(labels), flags, flags, None, distance, 1000, 1000)
+    fast = pairs.fast_keys(0, len(emb), 0, len(emb)).double()
+    qq, gg = torch.meshgrid(torch.arange(len(emb)), torch.arange(len(emb)), indexing="ij")
+    canonical = pairs.canonical_keys(qq.reshape(-1), gg.reshape(-1)).reshape(len(emb), len(emb))
+    gap = (fast - canonical).abs().max().item()
+    assert 0 < gap <= pairs.err  # the fast keys do differ, and never by more than the bound
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean", "inner_product"])
+def test_near_ties_equal_canonical_reference(monkeypatch, distance):
+    """fast order != canonical order here; coarse bins force windows and nested canonical histograms."""
+    emb, labels, is_query, is_gallery = near_ties(seed=1)
+    expected = canonical_reference(emb, labels, is_query, is_gallery, FMRS, distance)
+    assert fnmr_at_fmr(emb, labels, is_query, is_gallery, FMRS, distance=distance) == expected
+    monkeypatch.setattr(fnmr, "_BINS", 8)
+    monkeypatch.setattr(fnmr, "_MAX_KEPT", 5)
+    assert fnmr_at_fmr(emb, labels, is_query, is_gallery, FMRS, distance=distance, query_chunk_size=50,
+                       gallery_chunk_size=70) == expected
