@@ -79,47 +79,49 @@ def _show(ax, image: Any, colour: str, title: str, loader: Callable, dashed: boo
     ax.set_title(title, fontsize=7, color=colour)
 
 
-def plot_retrieval(query_paths: Any, retrieved_paths: Sequence, is_relevant: Sequence,
-                   missed_relevant_paths: Sequence | None = None, distances: Sequence | None = None, *,
+def plot_retrieval(query_image: Any, retrieved_images: Sequence, is_relevant: Sequence,
+                   missed_relevant_images: Sequence | None = None, distances: Sequence | None = None, *,
                    loader: Callable[[Any], Any] = load_image_array, query_titles: Sequence[str] | None = None,
                    missed_titles: Sequence | None = None) -> Figure:
     """A figure with one row per query: the query (black frame), its retrieved items left to right (green frame:
     relevant, red: not) and the relevant items it missed (blue dashed frame).
 
-    ``query_paths`` is one image (then the other arguments describe that one row) or a sequence of them (then
+    ``query_image`` is one image (then the other arguments describe that one row) or a sequence of them (then
     every other argument holds one sequence per query). Images go through ``loader`` (default: Pillow for
     paths, tensors and arrays as they are).
     """
-    if _is_one_image(query_paths):
+    if _is_one_image(query_image):
         wrap = lambda x: None if x is None else [x]  # noqa: E731
-        query_paths, retrieved_paths, is_relevant = [query_paths], [retrieved_paths], [is_relevant]
-        missed_relevant_paths, distances, missed_titles = (wrap(missed_relevant_paths), wrap(distances),
+        queries, retrieved_images, is_relevant = [query_image], [retrieved_images], [is_relevant]
+        missed_relevant_images, distances, missed_titles = (wrap(missed_relevant_images), wrap(distances),
                                                            wrap(missed_titles))
-    n_rows = len(query_paths)
-    missed_relevant_paths = missed_relevant_paths or [[] for _ in range(n_rows)]
-    for name, value in (("retrieved_paths", retrieved_paths), ("is_relevant", is_relevant),
-                        ("missed_relevant_paths", missed_relevant_paths), ("distances", distances),
+    else:
+        queries = list(query_image)
+    n_rows = len(queries)
+    missed_relevant_images = missed_relevant_images or [[] for _ in range(n_rows)]
+    for name, value in (("retrieved_images", retrieved_images), ("is_relevant", is_relevant),
+                        ("missed_relevant_images", missed_relevant_images), ("distances", distances),
                         ("query_titles", query_titles), ("missed_titles", missed_titles)):
         if value is not None and len(value) != n_rows:
             raise ValueError(f"plot_retrieval: {name} has {len(value)} rows for {n_rows} queries")
-    n_top = max((len(r) for r in retrieved_paths), default=0)
-    n_missed = max((len(m) for m in missed_relevant_paths), default=0)
+    n_top = max((len(r) for r in retrieved_images), default=0)
+    n_missed = max((len(m) for m in missed_relevant_images), default=0)
     columns = 1 + n_top + n_missed
     figure = Figure(figsize=(CELL * columns, CELL * 1.25 * max(n_rows, 1) + 0.3))
     axes = figure.subplots(max(n_rows, 1), columns, squeeze=False)
     for row in range(n_rows):
         ax_row = axes[row]
-        _show(ax_row[0], query_paths[row], BLACK, query_titles[row] if query_titles else "query", loader)
-        for i, (item, relevant) in enumerate(zip(retrieved_paths[row], is_relevant[row])):
+        _show(ax_row[0], queries[row], BLACK, query_titles[row] if query_titles else "query", loader)
+        for i, (item, relevant) in enumerate(zip(retrieved_images[row], is_relevant[row])):
             title = f"#{i + 1}"
             if distances is not None:
                 title += f" d={float(distances[row][i]):.3f}"
             _show(ax_row[1 + i], item, GREEN if relevant else RED, title, loader)
-        for j, item in enumerate(missed_relevant_paths[row]):
+        for j, item in enumerate(missed_relevant_images[row]):
             title = missed_titles[row][j] if missed_titles else "missed"
             _show(ax_row[1 + n_top + j], item, BLUE, title, loader, dashed=True)
-        used = {0, *range(1, 1 + len(retrieved_paths[row])),
-                *range(1 + n_top, 1 + n_top + len(missed_relevant_paths[row]))}
+        used = {0, *range(1, 1 + len(retrieved_images[row])),
+                *range(1 + n_top, 1 + n_top + len(missed_relevant_images[row]))}
         for c, ax in enumerate(ax_row):
             if c not in used:
                 ax.axis("off")

@@ -92,7 +92,7 @@ def test_plot_retrieval_from_paths_one_row(tmp_path):
         paths.append(tmp_path / f"{i}.png")
         Image.new("RGB", (10, 6), colour).save(paths[-1])
     figure = plot_retrieval(str(paths[0]), [paths[1], str(tmp_path / "gone.png")], [True, False],
-                            missed_relevant_paths=[paths[2]], distances=[0.1, 0.2])
+                            missed_relevant_images=[paths[2]], distances=[0.1, 0.2])
     assert len(figure.axes) == 4 and figure.axes[1].get_title() == "#1 d=0.100"
     assert [frame(ax) for ax in figure.axes] == [BLACK, GREEN, RED, BLUE]
     shown = figure.axes[1].get_images()[0].get_array()
