@@ -1,7 +1,8 @@
 """OML 4.0.0 side of bench_validation.py: runs inside benchmarks/.venv-oml (OML's own environment).
 
 Computes CMC@1/5, precision@5 and mAP@5 with OML's public EmbeddingMetrics on embeddings saved by the parent
-script, and prints one JSON line: wall time, peak RSS, and the metrics.
+script, and prints one JSON line: wall time, peak RSS, and the metrics; the per-query values go to
+DATA_DIR/oml_per_query.npz (written after the timer stops).
 
     benchmarks/.venv-oml/bin/python benchmarks/oml_reference.py DATA_DIR
 """
@@ -65,6 +66,9 @@ def main() -> None:
     result = metrics.compute_metrics()
     seconds = time.perf_counter() - start
     overall = result["OVERALL"]
+    per_query = metrics.metrics_unreduced["OVERALL"]  # OML's own per-query values, saved for the parent
+    np.savez(data / "oml_per_query.npz", cmc1=per_query["cmc"][1].numpy(), cmc5=per_query["cmc"][5].numpy(),
+             precision5=per_query["precision"][5].numpy(), map5=per_query["map"][5].numpy())
     print(json.dumps({
         "seconds": seconds, "peak_rss_mib": peak_rss_mib(), "rss_after_data_mib": rss_after_data,
         "cmc": {k: float(overall["cmc"][k]) for k in (1, 5)},
