@@ -34,7 +34,7 @@ import torch
 from torch import Tensor
 
 from lookalike.errors import LookalikeError
-from lookalike.retrieval import factorize_sequences, pair_distances
+from lookalike.retrieval import Exclusion, factorize_sequences, pair_distances
 from lookalike.retrieval.base import as_embeddings, check_distance
 from lookalike.retrieval.distances import TINY_NORM, row_sq_norms
 
@@ -96,7 +96,12 @@ def _screening_error(distance: str, d: int, q_max: float, g_max: float, ieee: bo
 
 
 class _Pairs:
-    """Every (query, gallery) pair of a dataset, block by block: fast keys and the positive / negative masks."""
+    """Every (query, gallery) pair of a dataset, block by block: fast keys of the negatives (NaN elsewhere).
+
+    Positive pairs are enumerated per query chunk from the labels (never by comparing whole blocks), and the
+    pairs that make no pair at all (the query itself, its same-sequence items) are masked by the retrieval
+    layer's `Exclusion`, the rule search uses.
+    """
 
     def __init__(self, embeddings: Tensor, labels: Tensor, is_query: Tensor, is_gallery: Tensor,
                  sequences: Tensor | None, distance: str, query_chunk_size: int, gallery_chunk_size: int):
@@ -122,10 +127,24 @@ class _Pairs:
             self.key_range = (-q_max * g_max, q_max * g_max)
         else:
             self.key_range = (0.0, (q_max + g_max) ** 2)
-        self.q_lab, self.g_lab = labels[q_idx], labels[g_idx]
-        self.q_key, self.g_key = q_idx, g_idx
-        self.q_seq = None if sequences is None else sequences[q_idx]
-        self.g_seq = None if sequences is None else sequences[g_idx]
+        # fast keys are clamped to this fp32-exact range: a no-op while the screening bound holds, and no key
+        # escapes the pass-1 histogram
+        low = np.float32(self.key_range[0] - 2 * self.err)
+        low = low if float(low) <= self.key_range[0] - 2 * self.err else np.nextafter(low, np.float32(-np.inf))
+        high = np.float32(self.key_range[1] + 2 * self.err)
+        high = high if float(high) >= self.key_range[1] + 2 * self.err else np.nextafter(high, np.float32(np.inf))
+        if not high > low:
+            high = np.nextafter(low, np.float32(np.inf))
+        self.clamp = (float(low), float(high))
+        self.q_lab = labels[q_idx]
+        self.g_order = torch.argsort(labels[g_idx], stable=True)
+        self.g_lab_sorted = labels[g_idx][self.g_order]
+        spec = []
+        if bool((is_query & is_gallery).any()):
+            spec.append((q_idx, g_idx))  # the same dataset item
+        if sequences is not None and bool((sequences >= 0).any()):
+            spec.append((sequences[q_idx], sequences[g_idx]))  # the same sequence (-1 matches nothing)
+        self.exclusion = Exclusion(spec or None, len(q_idx), len(g_idx))
         self.distance = distance
         self.qc, self.gc = query_chunk_size, gallery_chunk_size
 
@@ -133,42 +152,62 @@ class _Pairs:
         """Screening keys of one block (cosine / inner product: the distance; euclidean: its square)."""
         s = self.qs[q0:q1] @ self.gs[g0:g1].T
         if self.distance == "cosine":
-            return torch.rsub(s, 1.0).clamp_(min=0.0)
+            return torch.rsub(s, 1.0).clamp_(*self.clamp)
         if self.distance == "inner_product":
-            return s.neg_()
-        return s.mul_(-2.0).add_(self.q_sq[q0:q1, None]).add_(self.g_sq[None, g0:g1]).clamp_(min=0.0)
+            return s.neg_().clamp_(*self.clamp)
+        return s.mul_(-2.0).add_(self.q_sq[q0:q1, None]).add_(self.g_sq[None, g0:g1]).clamp_(*self.clamp)
 
     def canonical_keys(self, q_pos: Tensor, g_pos: Tensor) -> Tensor:
         """Canonical keys (float64) of the pairs ``(q_pos[i], g_pos[i])``."""
-        d = pair_distances(self.q, self.g, q_pos, g_pos, self.distance, self.q_sq_canonical).double()
+        return self.key_of(self.distances(q_pos, g_pos))
+
+    def distances(self, q_pos: Tensor, g_pos: Tensor) -> Tensor:
+        """Canonical float32 distances of the pairs ``(q_pos[i], g_pos[i])`` (the retrieval layer's)."""
+        return pair_distances(self.q, self.g, q_pos, g_pos, self.distance, self.q_sq_canonical)
+
+    def key_of(self, distances: Tensor) -> Tensor:
+        d = distances.double()
         return d.square_() if self.distance == "euclidean" else d
 
     def to_distance(self, key: float) -> float:
         return math.sqrt(key) if self.distance == "euclidean" else key
 
-    def blocks(self) -> Iterator[tuple[int, int, Tensor, Tensor, Tensor]]:
-        """``(q0, g0, fast keys, positive mask, negative mask)`` of one block of pairs at a time."""
+    def positives(self, q0: int, q1: int) -> tuple[Tensor, Tensor]:
+        """(query, gallery) positions of the positive pairs of queries ``q0:q1``, sorted by gallery position."""
+        labels = self.q_lab[q0:q1]
+        lo = torch.searchsorted(self.g_lab_sorted, labels)
+        count = torch.searchsorted(self.g_lab_sorted, labels, right=True) - lo
+        n = int(count.sum())
+        rows = torch.repeat_interleave(torch.arange(q0, q1), count)
+        start = torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+        cols = self.g_order[torch.arange(n) - start + torch.repeat_interleave(lo, count)]
+        if not self.exclusion.empty and n:
+            keep = ~self.exclusion.mask(rows, cols)
+            rows, cols = rows[keep], cols[keep]
+        order = torch.argsort(cols, stable=True)
+        return rows[order], cols[order]
+
+    def blocks(self) -> Iterator[tuple[int, int, Tensor, tuple[Tensor, Tensor] | None]]:
+        """``(q0, g0, keys, positives)`` of one block at a time: ``keys`` are the fast keys of the negative pairs,
+        NaN where a pair is positive or excluded; ``positives`` (the chunk's, see `positives`) come with the
+        first block of every query chunk, else None."""
         for q0 in range(0, len(self.q), self.qc):
             q1 = min(q0 + self.qc, len(self.q))
+            rows, cols = self.positives(q0, q1)
+            chunk_exclusion = None if self.exclusion.empty else self.exclusion.for_queries(torch.arange(q0, q1))
             for g0 in range(0, len(self.g), self.gc):
                 g1 = min(g0 + self.gc, len(self.g))
                 keys = self.fast_keys(q0, q1, g0, g1)
-                same = self.q_lab[q0:q1, None] == self.g_lab[None, g0:g1]
-                pair = self.q_key[q0:q1, None] != self.g_key[None, g0:g1]
-                if self.q_seq is not None:
-                    qs = self.q_seq[q0:q1, None]
-                    pair &= (qs != self.g_seq[None, g0:g1]) | (qs < 0)
-                yield q0, g0, keys, same & pair, pair.logical_and_(same.logical_not_())
+                a, b = torch.searchsorted(cols, torch.tensor([g0, g1])).tolist()
+                keys[rows[a:b] - q0, cols[a:b] - g0] = math.nan
+                if chunk_exclusion is not None:
+                    chunk_exclusion.apply(keys, g0, g1, math.nan)
+                yield q0, g0, keys, ((rows, cols) if g0 == 0 else None)
 
     def canonical_of(self, q0: int, g0: int, mask: Tensor) -> Tensor:
         """Canonical keys (float64) of the block's pairs where ``mask`` is True."""
         rows, cols = mask.nonzero(as_tuple=True)
         return self.canonical_keys(rows + q0, cols + g0)
-
-    def distances_of(self, q0: int, g0: int, mask: Tensor) -> Tensor:
-        """Canonical float32 distances of the block's pairs where ``mask`` is True."""
-        rows, cols = mask.nonzero(as_tuple=True)
-        return pair_distances(self.q, self.g, rows + q0, cols + g0, self.distance, self.q_sq_canonical)
 
 
 def _index(values: Tensor, low: float, width: float) -> Tensor:
@@ -225,14 +264,17 @@ class _Window:
         self.hi = float(np.nextafter(np.float32(hi), np.float32(np.inf))) if math.isfinite(hi) else hi
         self.certain = (self.lo + err, self.hi - err)
 
-    def take(self, pairs: _Pairs, q0: int, g0: int, keys: Tensor, neg: Tensor) -> tuple[Tensor, int]:
-        """(canonical keys of the block's negatives in the window, how many negatives lie below it)."""
-        below = int((neg & (keys < self.lo)).sum()) if math.isfinite(self.lo) else 0
-        mask = neg
+    def take(self, pairs: _Pairs, q0: int, g0: int, keys: Tensor) -> tuple[Tensor, int]:
+        """(canonical keys of the block's negatives in the window, how many negatives lie below it).
+
+        ``keys`` are NaN outside the negatives, and NaN compares False."""
         if math.isfinite(self.lo):
-            mask = mask & (keys >= self.lo)
-        if math.isfinite(self.hi):
-            mask = mask & (keys < self.hi)
+            below_mask = keys < self.lo
+            below = int(torch.count_nonzero(below_mask))
+            mask = (keys < self.hi).logical_and_(below_mask.logical_not_()) if math.isfinite(self.hi) else (
+                keys >= self.lo)
+        else:
+            below, mask = 0, (keys < self.hi) if math.isfinite(self.hi) else ~torch.isnan(keys)
         return pairs.canonical_of(q0, g0, mask), below
 
 
@@ -313,9 +355,9 @@ def _order_statistics(pairs: _Pairs, root: Tensor, root_low: float, root_width: 
             if key not in jobs:
                 jobs[key] = _Kept(node) if keep else _Histogram(node)
         by_window = {wkey: [job for key, job in jobs.items() if key[0] == wkey] for wkey in windows}
-        for q0, g0, keys, _, neg in pairs.blocks():
+        for q0, g0, keys, _ in pairs.blocks():
             for wkey, window in windows.items():
-                values, below = window.take(pairs, q0, g0, keys, neg)
+                values, below = window.take(pairs, q0, g0, keys)
                 for job in by_window[wkey]:
                     job.add(values, below)
         next_pending = {}
@@ -376,16 +418,15 @@ def fnmr_at_fmr(
     pairs = _Pairs(emb, labels_t, q_flag, g_flag, seq, distance, int(query_chunk_size), int(gallery_chunk_size))
 
     # pass 1: canonical distances of the positives, and a histogram of the negatives' fast keys
-    key_lo, key_hi = pairs.key_range
-    root_low = key_lo - 2 * pairs.err
-    root_width = (key_hi - key_lo + 4 * pairs.err) / _BINS or 1e-30
+    root_low, root_high = pairs.clamp
+    root_width = (root_high - root_low) / _BINS
     root = torch.zeros(_BINS, dtype=torch.long)
     positives = []
-    for q0, g0, keys, pos, neg in pairs.blocks():
-        if bool(pos.any()):
-            positives.append(pairs.distances_of(q0, g0, pos))
-        if bool(neg.any()):
-            _count_into(root, _index(keys[neg], root_low, root_width))
+    for _, _, keys, chunk_positives in pairs.blocks():
+        if chunk_positives is not None and len(chunk_positives[0]):
+            positives.append(pairs.distances(*chunk_positives))
+        # every key lies in [root_low, root_high] (clamped), NaN ones (not negatives) are left out
+        root += torch.histc(keys, bins=_BINS, min=root_low, max=root_high).long()
     pos_dist = torch.cat(positives).double() if positives else torch.empty(0, dtype=torch.float64)
     n_neg = int(root.sum())
     if len(pos_dist) == 0 or n_neg == 0:
