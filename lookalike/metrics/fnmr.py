@@ -95,6 +95,11 @@ def _screening_error(distance: str, d: int, q_max: float, g_max: float, ieee: bo
     return SAFETY * core + tiny
 
 
+def _inverse(norm: Tensor) -> Tensor:
+    """fp32 ``1 / |x|`` (0 for vectors the canonical cosine treats as zero vectors, as exact search does)."""
+    return torch.where(norm > TINY_NORM, 1.0 / norm.clamp(min=TINY_NORM), 0.0).float()
+
+
 class _Pairs:
     """Every (query, gallery) pair of a dataset, block by block: fast keys of the negatives (NaN elsewhere).
 
@@ -113,8 +118,7 @@ class _Pairs:
         self.qs, self.gs = self.q, self.g  # screening rows
         self.q_sq = self.g_sq = self.q_sq_canonical = None
         if distance == "cosine":
-            inverse = lambda norm: torch.where(norm > TINY_NORM, 1.0 / norm.clamp(min=TINY_NORM), 0.0).float()  # noqa: E731
-            self.qs, self.gs = self.q * inverse(q_norm)[:, None], self.g * inverse(g_norm)[:, None]
+            self.qs, self.gs = self.q * _inverse(q_norm)[:, None], self.g * _inverse(g_norm)[:, None]
             self.q_sq_canonical = row_sq_norms(self.q)
         elif distance == "euclidean":
             self.q_sq, self.g_sq = q_norm.square().float(), g_norm.square().float()
