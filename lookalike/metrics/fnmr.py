@@ -43,6 +43,8 @@ __all__ = ["fnmr_at_fmr"]
 _BINS = 1 << 16
 #: a kept set holding more negatives than this is split by another histogram pass instead of being kept
 _MAX_KEPT = 1 << 22
+#: blocks with fewer pairs are histogrammed without torch.histc (whose fixed cost is about 1M pairs' worth)
+_HISTC_MIN = 1 << 19
 #: nested histogram levels before a set is kept whatever its size (float64 bins are then below resolution)
 _MAX_DEPTH = 6
 U32 = 2.0**-24
@@ -429,8 +431,12 @@ def fnmr_at_fmr(
     for _, _, keys, chunk_positives in pairs.blocks():
         if chunk_positives is not None and len(chunk_positives[0]):
             positives.append(pairs.distances(*chunk_positives))
-        # every key lies in [root_low, root_high] (clamped), NaN ones (not negatives) are left out
-        root += torch.histc(keys, bins=_BINS, min=root_low, max=root_high).long()
+        # every key lies in [root_low, root_high] (clamped), NaN ones (not negatives) are left out; histc has a
+        # large fixed cost, so small blocks are counted directly (either binning serves: it only picks windows)
+        if keys.numel() >= _HISTC_MIN:
+            root += torch.histc(keys, bins=_BINS, min=root_low, max=root_high).long()
+        else:
+            _count_into(root, _index(keys[~torch.isnan(keys)], root_low, root_width))
     pos_dist = torch.cat(positives).double() if positives else torch.empty(0, dtype=torch.float64)
     n_neg = int(root.sum())
     if len(pos_dist) == 0 or n_neg == 0:
