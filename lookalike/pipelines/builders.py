@@ -32,8 +32,9 @@ __all__ = [
 def build_component(block: str, spec: Mapping[str, Any], where: str | None = None, **context: Any) -> Any:
     """Instantiate ``spec = {name, args}`` from the registry of ``block``; ``context`` holds inferable values."""
     where = where or block
-    fn, fixed = REGISTRIES[block].resolve(spec["name"], f"{where}.name")
-    params = signature_without(fn, fixed).parameters
+    registry = REGISTRIES[block]
+    fn, fixed = registry.resolve(spec["name"], f"{where}.name")
+    params = signature_without(registry.signature_callable(spec["name"], f"{where}.name"), fixed).parameters
     user_args = dict(spec.get("args") or {})
     kwargs: dict[str, Any] = dict(fixed)
     for arg, value in user_args.items():
@@ -87,40 +88,27 @@ def backbone_of(extractor):
     return backbone if backbone is not None and hasattr(backbone, "parameters") else extractor
 
 
-def _lightning_extractor_state(path: Path) -> dict | None:
-    """The extractor's state dict inside a Lightning checkpoint of a lookalike run, or None for other files."""
-    import torch
-
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        return None
-    prefix = "extractor."
-    return {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-
-
 def load_extractor_weights(extractor, checkpoint: str | Path) -> None:
-    """Loads weights into ``extractor`` from a run's ``.ckpt`` (its ``extractor.*`` entries) or a weights file."""
+    """Loads weights into ``extractor`` from a training run's ``.ckpt`` (its ``extractor.*`` entries) or a weights
+    file (state dict / safetensors); safe loading only (``weights_only``)."""
+    from lookalike.models.checkpoints import load_into, load_weights
+
     path = Path(checkpoint).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint: file {str(path)!r} not found; give the path of a run's "
                               "checkpoints/best.ckpt or of a weights file.")
-    state = _lightning_extractor_state(path) if path.suffix == ".ckpt" else None
-    if state is not None:
-        if not state:
-            raise CheckpointError(f"checkpoint {path}: a Lightning checkpoint without 'extractor.*' weights; "
-                                  "it was not written by a lookalike training run.")
+    state = None
+    if path.suffix == ".ckpt":
         try:
-            extractor.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            first = str(exc).splitlines()[0]
-            raise CheckpointError(f"checkpoint {path} does not match extractor {type(extractor).__name__} "
-                                  f"(check extractor.args against the training config): {first}") from None
-        return
-    load_into = import_object("lookalike.models.checkpoints:load_into", "checkpoint")
-    load_into(extractor, path)
+            state = load_weights(path, prefix="extractor.")
+        except CheckpointError as exc:
+            if "prefix" not in str(exc):
+                raise
+    try:
+        load_into(extractor, state if state is not None else path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"checkpoint {path}: {exc} (compare extractor.args with the training config)") \
+            from None
 
 
 def build_sampler(cfg: Mapping, labels, label2category: Mapping | None, rank: int = 0, world_size: int = 1):
@@ -130,9 +118,14 @@ def build_sampler(cfg: Mapping, labels, label2category: Mapping | None, rank: in
                            rank=rank, world_size=world_size, seed=cfg["seed"])
 
 
-def build_criterion(cfg: Mapping, feat_dim: int, num_classes: int, label2category: Mapping | None):
+def build_criterion(cfg: Mapping, feat_dim: int, labels, label2category: Mapping | None):
+    """The criterion; ArcFace-like ones get ``in_features`` (feat_dim), ``num_classes`` and the label ids."""
+    import numpy as np
+
+    labels = np.unique(np.asarray(labels)).tolist()
+    num_classes = len(labels)
     return build_component("criterion", cfg["criterion"], in_features=feat_dim, num_classes=num_classes,
-                           label2category=label2category)
+                           labels=labels, label2category=label2category)
 
 
 def build_optimizer(cfg: Mapping, params):

@@ -102,7 +102,8 @@ def registry_listing(kind: str | None = None) -> str:
             entry = registry.entry(name)
             lines.append(f"  {name:<26} {entry.target}" + (f"  [needs {entry.requires}]" if entry.requires else ""))
             try:
-                fn, fixed = registry.resolve(name, name)
+                _, fixed = registry.resolve(name, name)
+                fn = registry.signature_callable(name, name)
                 params = [p for p in signature_without(fn, fixed).parameters.values()
                           if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
                 shown = [_format_default(p) + (" [inferred]" if p.name in inferred else "") for p in params]

@@ -217,7 +217,7 @@ INFERRED_ARGS: dict[str, dict[str, str]] = {
     "extractor": {},
     "sampler": {"labels": "owned", "label2category": "owned", "rank": "owned", "world_size": "owned",
                 "seed": "absent"},
-    "criterion": {"in_features": "absent", "num_classes": "absent", "label2category": "auto"},
+    "criterion": {"in_features": "absent", "num_classes": "absent", "labels": "absent", "label2category": "auto"},
     "miner": {},
     "optimizer": {"params": "owned"},
     "scheduler": {"optimizer": "owned"},
@@ -506,7 +506,8 @@ def _check_block(block: str, where: str, value: Any, errors: list[str]) -> None:
         return
     registry = REGISTRIES[block]
     try:
-        fn, fixed = registry.resolve(value.get("name"), f"{where}.name")
+        _, fixed = registry.resolve(value.get("name"), f"{where}.name")
+        fn = registry.signature_callable(value.get("name"), f"{where}.name")
     except ConfigError as exc:
         errors.append(str(exc))
         return

@@ -163,6 +163,7 @@ class ExtractorModule(pl.LightningModule):
             indices=batch[schema.INDEX_KEY],
             categories=batch.get(schema.CATEGORY_KEY),
             sequences=batch.get(schema.SEQUENCE_KEY),
+            paths=batch.get(schema.PATH_KEY),
         )
 
     def on_validation_epoch_end(self) -> None:
@@ -233,7 +234,9 @@ class MetricLearningData(pl.LightningDataModule):
         created, which also happens on resume, unlike Lightning's on_train_epoch_start.)
         """
         trainer = getattr(self, "trainer", None)
-        epoch = trainer.current_epoch if trainer is not None else 0
+        # the count of processed epochs, as Lightning gives samplers: unlike current_epoch, it is already right
+        # when a run resumed from an end-of-epoch checkpoint creates its first iterator
+        epoch = trainer.fit_loop.epoch_progress.current.processed if trainer is not None else 0
         rank = trainer.global_rank if trainer is not None else 0
         s = epoch_seed(self.seed, epoch, rank)
         random.seed(s)

@@ -90,10 +90,10 @@ class _ImageReader:
         row = self.table.iloc[i]
         bbox = None
         if self.bbox:
-            values = [row[c] for c in schema.BBOX_COLUMNS]
-            if all(v == v for v in values):  # no NaN
-                bbox = tuple(int(v) for v in values)
-        image = self.read_image(row[schema.PATH], bbox=bbox)
+            values = [float(row[c]) for c in (schema.X1, schema.Y1, schema.X2, schema.Y2)]
+            if all(v == v for v in values):  # a row without a box (NaN) is the whole image
+                bbox = tuple(values)
+        image = self.read_image(row[schema.PATH], bbox)
         return self.transform(image) if self.transform is not None else image
 
 

@@ -72,6 +72,9 @@ class Entry:
     fixed: Mapping[str, Any] = field(default_factory=dict)
     requires: str | None = None
     doc: str = ""
+    #: (import path of a mapping, key): the callable whose signature documents and checks the args, when the
+    #: target itself only forwards ``**kwargs`` (e.g. transform presets behind ``get_transforms``)
+    signature_from: tuple[str, str] | None = None
 
 
 class Registry:
@@ -118,8 +121,19 @@ class Registry:
 
     def signature(self, name: str, where: str) -> inspect.Signature:
         """Signature of the component without the arguments the registry binds."""
-        fn, fixed = self.resolve(name, where)
-        return signature_without(fn, fixed)
+        return signature_without(self.signature_callable(name, where), self.resolve(name, where)[1])
+
+    def signature_callable(self, name: str, where: str) -> Callable:
+        """The callable whose signature the args of ``name`` are checked against."""
+        fn, _ = self.resolve(name, where)
+        entry = self._entries.get(name)
+        if entry is not None and entry.signature_from is not None:
+            mapping_path, key = entry.signature_from
+            module_name, _, attr = mapping_path.partition(":")
+            mapping = getattr(importlib.import_module(module_name), attr, None)
+            if isinstance(mapping, Mapping) and callable(mapping.get(key)):
+                return mapping[key]
+        return fn
 
 
 def signature_without(fn: Callable, drop: Mapping[str, Any] | tuple[str, ...] = ()) -> inspect.Signature:
@@ -136,12 +150,18 @@ def _entries(target_of: Mapping[str, str], **common: Any) -> dict[str, Entry]:
 
 
 _TRANSFORMS = "lookalike.data.transforms:get_transforms"
+_PRESETS = "lookalike.data.transforms:TRANSFORM_PRESETS"
 TRANSFORMS_REGISTRY = Registry(
     "transforms",
     {
         # presets of lookalike.data.transforms.get_transforms, by preset name
-        "train": Entry(_TRANSFORMS, {"name": "train"}, doc="augmentations for training"),
-        "val": Entry(_TRANSFORMS, {"name": "val"}, doc="resize + normalise, no randomness"),
+        "train": Entry(_TRANSFORMS, {"name": "train"}, doc="augmentations for training",
+                       signature_from=(_PRESETS, "train")),
+        "val": Entry(_TRANSFORMS, {"name": "val"}, doc="pad to square, resize, normalise",
+                     signature_from=(_PRESETS, "val")),
+        "to_tensor": Entry(_TRANSFORMS, {"name": "to_tensor"}, doc="floats in [0, 1], no normalisation",
+                           signature_from=(_PRESETS, "to_tensor")),
+        "none": Entry(_TRANSFORMS, {"name": "none"}, doc="floats in [0, 1] at the original size"),
     },
 )
 

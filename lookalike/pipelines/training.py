@@ -50,13 +50,13 @@ def trainer_kwargs(cfg: Mapping) -> dict[str, Any]:
 
 
 def _image_saver(cfg: Mapping, val_dataset):
-    """Saves the worst-query picture of the last validation (lookalike.viz), if available."""
-    n = cfg["n_worst_queries"]
+    """Saves the worst-query picture of the last validation (drawn by lookalike.viz)."""
 
     def save(module, path: Path, trainer) -> None:
         from lookalike.pipelines.pictures import save_worst_queries
 
-        save_worst_queries(module.metrics, val_dataset, path, n_queries=n, loggers=trainer.loggers,
+        save_worst_queries(module.metrics, val_dataset.paths, path, n_queries=cfg["n_worst_queries"],
+                           metric=cfg["metric_for_checkpointing"], loggers=trainer.loggers,
                            step=trainer.global_step, tag=path.stem)
 
     return save
@@ -113,7 +113,7 @@ def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
     # --- model ----------------------------------------------------------------------------------------
     extractor = builders.build_extractor(cfg)
     feat_dim = int(extractor.feat_dim)
-    criterion = builders.build_criterion(cfg, feat_dim, loading.n_labels(train_ds), label2category)
+    criterion = builders.build_criterion(cfg, feat_dim, train_ds.labels, label2category)
     if not isinstance(criterion, torch.nn.Module):
         raise ConfigError(f"criterion: {cfg['criterion']['name']} must be a torch.nn.Module with "
                           "forward(features, labels).")
@@ -156,8 +156,9 @@ def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg["metric_for_checkpointing"],
                               mode=cfg["mode"], save_top_k=1, auto_insert_metric_name=False,
                               enable_version_counter=False, save_on_train_epoch_end=False)
-    last_cb = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0, save_on_train_epoch_end=True,
-                              enable_version_counter=False)
+    # "last" is the newest epoch-end state (monitor=None keeps the latest one), the file `--resume` continues from
+    last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                              save_on_train_epoch_end=True, enable_version_counter=False)
     recorder = RunRecorder(run_dir, log_images=cfg["log_images"], n_worst_queries=cfg["n_worst_queries"],
                            image_saver=_image_saver(cfg, val_ds))
     n_batches = len(probe) if probe is not None else max(1, len(train_ds) // cfg["bs_train"])
