@@ -1,4 +1,4 @@
-"""Worst-query pictures of a validation (drawn by ``lookalike.viz``), saved as PNG and sent to TensorBoard."""
+"""Worst-query pictures of a validation (drawn by ``lookalike.viz``), saved as PNG and sent to the loggers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from lookalike.pipelines.io import atomic_path
 
-__all__ = ["save_worst_queries", "per_query_for"]
+__all__ = ["save_worst_queries", "per_query_for", "send_figure"]
 
 
 def per_query_for(per_query: dict, metric: str) -> tuple[Any, str]:
@@ -44,9 +44,21 @@ def save_worst_queries(metrics, images: Sequence[Any], path: Path, *, n_queries:
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
         figure.savefig(tmp, dpi=80, format="png")
-    for logger in loggers:
-        experiment = getattr(logger, "experiment", None)
-        if hasattr(experiment, "add_figure"):  # TensorBoard
-            experiment.add_figure(f"worst_queries/{name}", figure, global_step=step)
+    send_figure(figure, path, loggers, key=f"worst_queries/{name}", step=step, tag=tag)
     plt.close(figure)
     return path
+
+
+def send_figure(figure: Any, png: Path, loggers: Sequence[Any], *, key: str, step: int, tag: str) -> None:
+    """Hands a figure to every logger that takes pictures: TensorBoard, MLflow (artifact) and W&B (image).
+    CSV loggers have no place for pictures; the PNG in the run folder is theirs."""
+    for logger in loggers:
+        kind = type(logger).__name__
+        if kind == "WandbLogger" or hasattr(logger, "log_image"):
+            logger.log_image(key=key, images=[str(png)], step=step)
+            continue
+        experiment = getattr(logger, "experiment", None)
+        if hasattr(experiment, "add_figure"):  # TensorBoard's SummaryWriter
+            experiment.add_figure(key, figure, global_step=step)
+        elif hasattr(experiment, "log_figure") and getattr(logger, "run_id", None):  # MlflowClient
+            experiment.log_figure(logger.run_id, figure, f"{key}/{tag}.png")
