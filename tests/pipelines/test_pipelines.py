@@ -143,10 +143,12 @@ def test_predict_the_dataset_csv(trained):
 
 
 def test_training_on_the_built_in_data_improves_retrieval(tmp_path):
-    """The shipped default config (built-in emoji data) with a small CNN at 32 px: a few epochs must clearly
+    """The built-in emoji data with a small CNN at 32 px and triplet loss + hard mining: a few epochs must clearly
     raise CMC@1 on the validation labels, which training never sees."""
     result = train(None, [
         "extractor={name: small_cnn, args: {channels: [16, 32, 64], embedding_dim: 64}}", "image_size=32",
+        "sampler={name: balance, args: {n_labels: 16, n_instances: 4}}", "scheduler=null",
+        "criterion={name: triplet_with_miner, args: {margin: 0.2, miner: hard_triplets}}",
         "max_epochs=8", "valid_period=100", "optimizer.args.lr=3e-3", "progress_bar=false", "logger=null",
         "log_images=false", f"output_dir={tmp_path}", "accelerator=cpu",
     ])
