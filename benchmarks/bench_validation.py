@@ -75,6 +75,41 @@ def make_data(folder: Path, n: int, dim: int = 384, per_label: int = 5, seed: in
     np.save(folder / "labels.npy", labels.astype(np.int64))
 
 
+def matmul_gflops(dtype_name: str, dim: int = 384, block: int = 4096, repeats: int = 5) -> float:
+    """Measured throughput of this machine's (block x dim) @ (dim x block) matmul, the core of exact search."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    a, b = torch.randn(block, dim).to(dtype), torch.randn(dim, block).to(dtype)
+    out = torch.empty(block, block, dtype=dtype)
+    torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - start)
+    return 2 * block * block * dim / best / 1e9
+
+
+def growth_rows(sizes: list[int], backend: str) -> list[str]:
+    """lookalike's time at each N next to the matmul floor 2 N^2 d / throughput (all pairs must be scored)."""
+    fp32, bf16 = matmul_gflops("float32"), matmul_gflops("bfloat16")
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            make_data(Path(tmp), n)
+            mine = run_json([sys.executable, __file__, "--worker", "ours", "--data", tmp, "--backend", backend])
+        flops = 2 * n * n * 384 / 1e9
+        rows.append(f"| {n:,} | {mine['seconds']:.2f} | {flops / fp32:.2f} | {flops / bf16:.2f} "
+                    f"| {mine['seconds'] / (flops / bf16):.1f}x |")
+        print(rows[-1], flush=True)
+    head = (f"Matmul throughput measured in the same run (4096 x 384 @ 384 x 4096): fp32 {fp32:.0f} GFLOP/s, "
+            f"bf16 {bf16:.0f} GFLOP/s. Floor = the time to score all N^2 pairs once at that throughput.\n\n"
+            "| N | lookalike (s) | fp32 matmul floor (s) | bf16 matmul floor (s) | lookalike / bf16 floor |\n"
+            "|---|---|---|---|---|")
+    return [head, *rows]
+
+
 def run_json(command: list[str]) -> dict:
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
@@ -97,6 +132,8 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[20000, 50000])
     parser.add_argument("--setup-oml", action="store_true")
     parser.add_argument("--record", action="store_true")
+    parser.add_argument("--growth-sizes", type=int, nargs="*", default=[5000, 10000, 20000, 50000],
+                        help="sizes for the lookalike-only growth table (none: skip it)")
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(ours(args.data, args.backend)))
@@ -139,6 +176,9 @@ def main() -> None:
         "| precision@5 identical per query | mAP@5 identical per query (OML's definition) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|", *rows])
     print(table)
+    growth = "\n".join(growth_rows(args.growth_sizes, args.backend)) if args.growth_sizes else ""
+    if growth:
+        print(growth)
     if args.record:
         import platform
 
@@ -156,7 +196,7 @@ def main() -> None:
                 "time / lookalike time; memory ratio = lookalike RSS above data / OML's. Load average (1 min) "
                 f"{load_before[0]:.1f} before and {os.getloadavg()[0]:.1f} after the run, on "
                 f"{os.cpu_count()} CPUs shared with other engineers' tests: timings are noisy (+-50%).\n\n"
-                f"{table}\n")
+                f"{table}\n" + (f"\n### Growth with N (lookalike only)\n\n{growth}\n" if growth else ""))
         results = HERE / "RESULTS.md"
         current = results.read_text() if results.exists() else "# Benchmark results\n"
         if SECTION in current:

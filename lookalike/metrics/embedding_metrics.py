@@ -48,7 +48,7 @@ class EmbeddingMetrics:
     The search results, per-query values and item paths of the last `compute` stay in `last_results`,
     `last_per_query` and `last_paths` (for pictures of the worst queries).
 
-    ``backend``: ``"exact"``, ``"exact-bf16"``, ``"faiss:<factory>"`` or a search backend object;
+    ``backend``: ``"exact"`` (bf16 or fp32 screening picked per search, same results), ``"exact-fp32"``, ``"exact-bf16"``, ``"faiss:<factory>"`` or a search backend object;
     ``categories_key`` / ``sequences_key`` / ``paths_key``: the batch keys `update_from_batch` reads (None: not
     read). Chunk sizes bound the search memory (None: the backend's default).
     """

@@ -67,7 +67,9 @@ from lookalike.retrieval.distances import TINY_NORM, pair_distances, row_sq_norm
 
 __all__ = ["ExactSearch", "PRECISIONS"]
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
+#: query x gallery pairs from which "auto" screens in bf16 (below, the extra candidates cost more than they save)
+AUTO_BF16_MIN_PAIRS = 25_000_000
 U32 = 2.0**-24
 U_BF16 = 2.0**-8
 U_BF16_OUT = U_BF16 / (1.0 - U_BF16)
@@ -91,6 +93,19 @@ def _fp32_matmul_is_ieee() -> bool:
     mk = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
     precision = getattr(mk, "fp32_precision", "none")
     return precision in ("none", "ieee")
+
+
+def native_bf16_matmul() -> bool:
+    """True when this CPU multiplies bf16 matrices in hardware (AMX or AVX512-BF16): bf16 screening then pays."""
+    cpu = getattr(torch, "cpu", None)
+    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
+        fn = getattr(cpu, probe, None)
+        try:
+            if fn is not None and fn():
+                return True
+        except RuntimeError:
+            continue
+    return False
 
 
 def _fast_norms(x: Tensor) -> Tensor:
@@ -288,12 +303,15 @@ class ExactSearch(SearchBackend):
 
     ``precision="bf16"`` screens in bf16 (about 4x the matmul speed of fp32 on CPUs with bf16 units) and returns
     exactly what ``precision="fp32"`` returns (see the module docstring for the bound that guarantees it).
+    ``precision="auto"`` (the default) screens in bf16 when the CPU multiplies bf16 in hardware and the search
+    has at least `AUTO_BF16_MIN_PAIRS` query x gallery pairs, else in fp32: the answer is the same either way.
     Memory: ``query_chunk_size x dim`` (prepared queries) + ``2048 x gallery_chunk_size`` (a score tile) +
     ``Nq x (k + extra_candidates)``; the gallery is read block by block once per query chunk.
     ``extra_candidates`` is how many candidates beyond ``k`` each query keeps for the verification (default:
     8 for fp32, ``max(32, k)`` for bf16 or when torch may run fp32 matmuls in reduced precision); more means
     fewer fallbacks and a slower merge.
-    After each call ``last_stats`` holds counts: queries, fallback (queries re-searched), rescored (pairs).
+    After each call ``last_stats`` holds counts: queries, fallback (queries re-searched), rescored (pairs), and
+    the screening precision used.
     """
 
     def __init__(
@@ -302,7 +320,7 @@ class ExactSearch(SearchBackend):
         *,
         query_chunk_size: int = 16384,
         gallery_chunk_size: int = 4096,
-        precision: str = "fp32",
+        precision: str = "auto",
         extra_candidates: int | None = None,
     ):
         self.distance = check_distance(distance)
@@ -318,7 +336,7 @@ class ExactSearch(SearchBackend):
         self.precision = precision
         self.query_chunk_size, self.gallery_chunk_size = query_chunk_size, gallery_chunk_size
         self.extra_candidates = extra_candidates
-        self.last_stats: dict[str, int] = {}
+        self.last_stats: dict[str, int | str] = {}
 
     def __repr__(self) -> str:
         return (
@@ -346,10 +364,14 @@ class ExactSearch(SearchBackend):
         if nq == 0 or ng == 0:
             return distances, indices
         excl = Exclusion(exclude, nq, ng)
-        prep = _Prepared(q, g, self.distance, self.precision)
+        precision = self.precision
+        if precision == "auto":
+            precision = "bf16" if native_bf16_matmul() and nq * ng >= AUTO_BF16_MIN_PAIRS else "fp32"
+        self.last_stats["precision"] = precision
+        prep = _Prepared(q, g, self.distance, precision)
         extra = self.extra_candidates
         if extra is None:  # fp32 screening is accurate to ~1e-5 unless torch runs fp32 matmuls in bf16/tf32
-            extra = 8 if self.precision == "fp32" and prep.ieee else max(32, k)
+            extra = 8 if prep.precision == "fp32" and prep.ieee else max(32, k)
         K = k + extra
         failing, fail_kth = [], []
         for q0 in range(0, nq, self.query_chunk_size):
@@ -373,7 +395,7 @@ class ExactSearch(SearchBackend):
         n, ng, d = len(qpos), len(prep.g), prep.d
         gc = min(self.gallery_chunk_size, ng)
         tile = min(_TILE_ROWS, n)
-        bf16 = self.precision == "bf16"
+        bf16 = prep.precision == "bf16"
         euclidean = self.distance == "euclidean"
         chunk_excl = excl.for_queries(qpos)
         Q = prep.prep32(prep.q[qpos], None if prep.q_inv is None else prep.q_inv[qpos])
@@ -424,7 +446,7 @@ class ExactSearch(SearchBackend):
         if K > k:
             bound = torch.where(valid[:, k - 1], cand[:, :k].max(dim=1).values, _INF)
             upper = prep.threshold(qpos, torch.where(torch.isfinite(bound), bound, 0.0))
-            lower = prep.lower_bound(qpos, torch.where(valid[:, k:], s_sorted[:, k:], 0.0), self.precision)
+            lower = prep.lower_bound(qpos, torch.where(valid[:, k:], s_sorted[:, k:], 0.0), prep.precision)
             need = valid[:, k:] & ((lower <= upper[:, None]) | ~torch.isfinite(bound)[:, None])
             r, j = need.nonzero(as_tuple=True)
             cand[r, j + k] = prep.canonical(qpos[r], i_sorted[r, j + k])
@@ -434,7 +456,7 @@ class ExactSearch(SearchBackend):
         kth = cand[:, k - 1]
         x_last = s_sorted[:, K - 1]
         full = x_last > -_INF
-        lower = prep.lower_bound(qpos, torch.where(full, x_last, 0.0), self.precision)
+        lower = prep.lower_bound(qpos, torch.where(full, x_last, 0.0), prep.precision)
         upper = prep.threshold(qpos, torch.where(full, kth, 0.0))
         bad = full & ~(lower > upper)
         return cand[:, :k], cand_i[:, :k], bad, kth

@@ -1,4 +1,4 @@
-"""Build a search backend from a short spec string: ``"exact"``, ``"exact-bf16"`` or ``"faiss:<factory>"``."""
+"""Build a search backend from a short spec string: ``"exact"``, ``"exact-fp32"``, ``"exact-bf16"`` or ``"faiss:<factory>"``."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from lookalike.retrieval.faiss_search import FaissSearch
 
 __all__ = ["make_backend", "BACKEND_SPECS"]
 
-BACKEND_SPECS = ("exact", "exact-bf16", "faiss:<factory string>")
+BACKEND_SPECS = ("exact", "exact-fp32", "exact-bf16", "faiss:<factory string>")
 
 
 def make_backend(
@@ -22,7 +22,8 @@ def make_backend(
     gallery_chunk_size: int | None = None,
     **faiss_options: Any,
 ) -> SearchBackend:
-    """A backend for ``spec``: ``"exact"`` (fp32), ``"exact-bf16"`` (bf16 screening, same results),
+    """A backend for ``spec``: ``"exact"`` (screening precision picked per search: bf16 on CPUs with bf16 matmul
+    units and large searches, else fp32; the results are the same), ``"exact-fp32"`` / ``"exact-bf16"`` (forced),
     ``"faiss:HNSW32"`` / ``"faiss:IVF1024,Flat"`` / ``"faiss:Flat"`` (any faiss factory string), or a ready
     `SearchBackend` (returned as is; its distance must equal ``distance``). Chunk sizes apply to exact search,
     ``faiss_options`` (``nprobe``, ``efSearch``, ``use_gpu``, ...) to faiss.
@@ -47,10 +48,10 @@ def make_backend(
         chunks["query_chunk_size"] = query_chunk_size
     if gallery_chunk_size is not None:
         chunks["gallery_chunk_size"] = gallery_chunk_size
-    if name in ("exact", "exact-bf16"):
+    if name in ("exact", "exact-fp32", "exact-bf16"):
         if faiss_options:
             raise LookalikeError(f"Options {sorted(faiss_options)} apply to faiss backends only, not {name!r}.")
-        precision = "bf16" if name == "exact-bf16" else "fp32"
+        precision = {"exact": "auto", "exact-fp32": "fp32", "exact-bf16": "bf16"}[name]
         return ExactSearch(distance, precision=precision, **chunks)
     if name.lower().startswith("faiss:"):
         factory = name.split(":", 1)[1].strip()

@@ -214,3 +214,18 @@ def test_reduced_precision_fp32_matmul_setting_keeps_results_exact():
     finally:
         torch.set_float32_matmul_precision(before)
     assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
+
+
+def test_auto_precision_picks_bf16_only_for_large_searches_on_bf16_hardware(monkeypatch):
+    from lookalike.retrieval import exact
+
+    torch.manual_seed(0)
+    q, g = torch.randn(60, 16), torch.randn(50, 16)
+    reference = ExactSearch("cosine", precision="fp32").search(q, g, 5)
+    for native, min_pairs, expected in ((True, 1, "bf16"), (True, 10**9, "fp32"), (False, 1, "fp32")):
+        monkeypatch.setattr(exact, "native_bf16_matmul", lambda native=native: native)
+        monkeypatch.setattr(exact, "AUTO_BF16_MIN_PAIRS", min_pairs)
+        search = ExactSearch("cosine")
+        d, i = search.search(q, g, 5)
+        assert search.last_stats["precision"] == expected
+        assert torch.equal(d, reference[0]) and torch.equal(i, reference[1])

@@ -81,7 +81,7 @@ def test_errors_are_user_errors():
 
 
 def test_make_backend_parses_specs():
-    assert make_backend("exact").precision == "fp32"
+    assert make_backend("exact").precision == "auto" and make_backend("exact-fp32").precision == "fp32"
     b = make_backend("exact-bf16", "euclidean", query_chunk_size=5, gallery_chunk_size=7)
     assert (b.precision, b.distance, b.query_chunk_size, b.gallery_chunk_size) == ("bf16", "euclidean", 5, 7)
     f = make_backend("faiss:IVF1024,Flat", "inner_product", nprobe=8)
