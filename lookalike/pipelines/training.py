@@ -167,6 +167,7 @@ def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
     trainer = pl.Trainer(
         **trainer_kwargs(cfg),
         max_epochs=cfg["max_epochs"],
+        max_time={"minutes": cfg["max_minutes"]} if cfg["max_minutes"] is not None else None,
         logger=builders.build_logger(cfg, run_dir),
         callbacks=[recorder, best_cb, last_cb],
         check_val_every_n_epoch=cfg["valid_period"],

@@ -273,3 +273,10 @@ def test_ddp_validation_on_two_cpu_processes_equals_one_process(trained, tmp_pat
     for metrics in lines:
         assert metrics == pytest.approx(single["metrics_flat"])
 
+
+
+def test_time_budget_stops_training_and_still_validates(dataset, tmp_path):
+    result = train(TRIPLET, tiny(dataset, tmp_path, max_epochs=10_000, max_minutes=0.01))  # 0.6 s
+    epoch = torch.load(result["last_checkpoint"], weights_only=True)["epoch"]
+    assert 0 <= epoch < 10_000 - 1
+    assert "OVERALL/cmc/1" in result["metrics_flat"]
