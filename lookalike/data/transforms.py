@@ -37,15 +37,18 @@ def _normalise() -> list[v2.Transform]:
 
 
 def _train(image_size: int, scale: tuple[float, float] = (0.6, 1.0), hflip: float = 0.5,
-           jitter: float = 0.3) -> v2.Compose:
-    return v2.Compose([
-        v2.ToImage(),
-        _PadToSquare(),
-        v2.RandomResizedCrop(image_size, scale=scale, ratio=(0.8, 1.25), antialias=True),
-        v2.RandomHorizontalFlip(hflip),
-        v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=min(jitter / 3, 0.5)),
-        *_normalise(),
-    ])
+           jitter: float = 0.3, hue: float | None = None, rotation: float = 0.0) -> v2.Compose:
+    """``jitter``: brightness / contrast / saturation strength; ``hue``: hue shift (None = jitter / 3; 0 keeps
+    colours, for data where colour tells labels apart); ``rotation``: random rotation up to this many degrees."""
+    hue = min(jitter / 3, 0.5) if hue is None else hue
+    steps: list = [v2.ToImage(), _PadToSquare()]
+    if rotation > 0:
+        steps.append(v2.RandomRotation(rotation, fill=255))
+    steps += [v2.RandomResizedCrop(image_size, scale=scale, ratio=(0.8, 1.25), antialias=True),
+              v2.RandomHorizontalFlip(hflip)]
+    if jitter > 0 or hue > 0:
+        steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=hue))
+    return v2.Compose([*steps, *_normalise()])
 
 
 def _val(image_size: int) -> v2.Compose:

@@ -157,6 +157,9 @@ def predict(config: Mapping | str | Path | None = None, overrides: Iterable[str]
     extractor = builders.build_extractor(cfg)
     device = _device(cfg["accelerator"])
     extractor.to(device).eval()
+    layout = torch.channels_last if cfg["channels_last"] else torch.contiguous_format
+    if cfg["channels_last"]:
+        extractor.to(memory_format=layout)
 
     items = _SafeItems(_ImageReader(table, transform))
     loader = DataLoader(items, batch_size=cfg["bs_val"], shuffle=False, num_workers=cfg["num_workers"],
@@ -169,7 +172,7 @@ def predict(config: Mapping | str | Path | None = None, overrides: Iterable[str]
             failed += batch["failed"]
             if batch["input"] is None:
                 continue
-            emb = extractor(batch["input"].to(device)).float().cpu().numpy()
+            emb = extractor(batch["input"].to(device).contiguous(memory_format=layout)).float().cpu().numpy()
             chunks.append(emb.astype(np.float32, copy=False))
             rows += batch["rows"]
     dim = int(getattr(extractor, "feat_dim", chunks[0].shape[1] if chunks else 0))

@@ -94,6 +94,7 @@ def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
         ExtractorModule,
         MetricLearningData,
         RunRecorder,
+        TrainingClock,
         finish_distributed,
     )
     from lookalike.pipelines.report import metrics_table, plot_history
@@ -132,6 +133,7 @@ def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
         freeze_backbone_epochs=cfg["freeze_backbone_epochs"],
         backbone=backbone,
         main_metric=cfg["metric_for_checkpointing"],
+        channels_last=cfg["channels_last"],
     )
     datamodule = MetricLearningData(
         train_ds,
@@ -159,17 +161,17 @@ def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
     # "last" is the newest epoch-end state (monitor=None keeps the latest one), the file `--resume` continues from
     last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
                               save_on_train_epoch_end=True, enable_version_counter=False)
+    clock = TrainingClock(cfg["max_minutes"])
     recorder = RunRecorder(run_dir, log_images=cfg["log_images"], n_worst_queries=cfg["n_worst_queries"],
-                           image_saver=_image_saver(cfg, val_ds))
+                           image_saver=_image_saver(cfg, val_ds), clock=clock)
     n_batches = len(probe) if probe is not None else max(1, len(train_ds) // cfg["bs_train"])
     if isinstance(cfg["limit_train_batches"], int):
         n_batches = max(1, min(n_batches, cfg["limit_train_batches"]))
     trainer = pl.Trainer(
         **trainer_kwargs(cfg),
         max_epochs=cfg["max_epochs"],
-        max_time={"minutes": cfg["max_minutes"]} if cfg["max_minutes"] is not None else None,
         logger=builders.build_logger(cfg, run_dir),
-        callbacks=[recorder, best_cb, last_cb],
+        callbacks=[clock, recorder, best_cb, last_cb],
         check_val_every_n_epoch=cfg["valid_period"],
         limit_train_batches=cfg["limit_train_batches"],
         gradient_clip_val=cfg["gradient_clip_val"],

@@ -56,7 +56,7 @@ def validate(config: Mapping | str | Path | None = None, overrides: Iterable[str
     val_ds = loading.make_dataset(val_table, builders.build_transforms(cfg, "transforms_val"), cfg)
     extractor = builders.build_extractor(cfg)
     module = ExtractorModule(extractor, metrics=builders.build_metrics(cfg),
-                             main_metric=cfg["metric_for_checkpointing"])
+                             main_metric=cfg["metric_for_checkpointing"], channels_last=cfg["channels_last"])
     datamodule = MetricLearningData(None, val_ds, bs_val=cfg["bs_val"], num_workers=cfg["num_workers"])
 
     out_dir = output_folder(cfg, source, "validation", overrides)

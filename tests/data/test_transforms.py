@@ -59,6 +59,19 @@ def test_preset_arguments_pass_through(pixels):
     assert x.shape == (3, 8, 8)
 
 
+def test_train_without_hue_keeps_a_pure_colour_and_rotation_fills_white():
+    red = np.zeros((16, 16, 3), dtype=np.uint8)
+    red[..., 0] = 255
+    torch.manual_seed(0)
+    keep = get_transforms("train", image_size=16, scale=(1.0, 1.0), hflip=0.0, jitter=0.4, hue=0.0)
+    for _ in range(5):
+        x = denormalize(keep(Image.fromarray(red)))
+        assert bool((x[0] >= x[1]).all() and (x[0] >= x[2]).all())  # brightness / contrast change, red stays red
+    turned = get_transforms("train", image_size=16, scale=(1.0, 1.0), hflip=0.0, jitter=0.0, rotation=45.0)
+    white = np.full((16, 16, 3), 255, dtype=np.uint8)
+    assert torch.allclose(denormalize(turned(Image.fromarray(white))), torch.ones(3, 16, 16), atol=1e-5)
+
+
 def test_denormalize_inverts_normalisation():
     x = torch.rand(2, 3, 4, 4)
     normalised = (x - torch.tensor(IMAGENET_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_STD).view(3, 1, 1)

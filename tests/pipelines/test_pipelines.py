@@ -190,7 +190,7 @@ def test_killed_and_resumed_run_equals_an_uninterrupted_one(dataset, tmp_path, m
     assert resumed["metrics_flat"] == full["metrics_flat"]
 
 
-@pytest.mark.parametrize("name", ["default", "triplet", "arcface", "category_balance"])
+@pytest.mark.parametrize("name", ["default", "triplet", "arcface", "category_balance", "small_images"])
 def test_every_shipped_config_runs(name, dataset, tmp_path):
     raw = read_config(name).raw
     extra: dict = {"limit_train_batches": 2}
@@ -280,3 +280,6 @@ def test_time_budget_stops_training_and_still_validates(dataset, tmp_path):
     epoch = torch.load(result["last_checkpoint"], weights_only=True)["epoch"]
     assert 0 <= epoch < 10_000 - 1
     assert "OVERALL/cmc/1" in result["metrics_flat"]
+    history = json.loads((Path(result["run_dir"]) / "history.json").read_text())
+    spent = max(entry.get("train_seconds", 0.0) for entry in history.values())
+    assert 0.6 <= spent < 0.6 + 10  # the budget, plus at most the step that crossed it
