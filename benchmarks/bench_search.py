@@ -16,7 +16,6 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -190,7 +189,6 @@ def report(exact: dict, near: dict, faiss_rows: list[dict], large: list[dict], c
         "",
     ]
     if faiss_rows:
-        f0 = faiss_rows[0]
         lines += [
             f"### faiss vs exact ({FAISS_SIZES[0]:,} queries x {FAISS_SIZES[1]:,} gallery, dim {e['dim']}, k={e['k']})",
             "",
@@ -233,17 +231,9 @@ def report(exact: dict, near: dict, faiss_rows: list[dict], large: list[dict], c
 
 def write_section(section: str) -> None:
     """Replace the '## Search' section of RESULTS.md (or append it), keeping other sections; atomic write."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    start = text.find("## Search\n")
-    if start >= 0:
-        nxt = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[nxt + 1 :] if nxt >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    fd, tmp = tempfile.mkstemp(dir=RESULTS.parent, prefix=".RESULTS.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, RESULTS)
+    from results_md import write_section as write
+
+    write("## Search\n", section)
 
 
 FAISS_SIZES = (2000, 100_000)

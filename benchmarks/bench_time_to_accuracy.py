@@ -146,17 +146,9 @@ def main() -> None:
                 "16 x 4 balance batches, get_augs_torch(64), fp32, its plain PyTorch loop. Training seconds "
                 "exclude validation on both sides; both are scored by the same metric code.\n\n"
                 + "\n".join(summary) + "\n\n" + table + "\n")
-        results = HERE / "RESULTS.md"
-        current = results.read_text() if results.exists() else "# Benchmark results\n"
-        if SECTION in current:
-            head, rest = current.split(SECTION, 1)
-            tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
-            current = head.rstrip() + "\n\n" + text + tail
-        else:
-            current = current.rstrip() + "\n\n" + text
-        tmp_file = results.with_suffix(".tmp")
-        tmp_file.write_text(current)
-        tmp_file.replace(results)
+        from results_md import write_section
+
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

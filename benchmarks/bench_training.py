@@ -23,7 +23,6 @@ import random
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
@@ -354,17 +353,9 @@ ResNet-18 (random init) in eval mode under `torch.inference_mode()`, {args.infer
 
 def record(text: str) -> None:
     """Replaces (or appends) this script's section of RESULTS.md, leaving the other sections as they are."""
-    results = HERE / "RESULTS.md"
-    current = results.read_text() if results.exists() else "# Benchmark results\n"
-    if SECTION in current:
-        head, rest = current.split(SECTION, 1)
-        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
-        current = head.rstrip() + "\n\n" + text.rstrip() + "\n" + tail
-    else:
-        current = current.rstrip() + "\n\n" + text
-    with tempfile.NamedTemporaryFile("w", dir=HERE, prefix=".RESULTS.", suffix=".tmp", delete=False) as tmp:
-        tmp.write(current)
-    os.replace(tmp.name, results)
+    from results_md import write_section
+
+    write_section(SECTION, text)
 
 
 def parse_args() -> argparse.Namespace:

@@ -197,17 +197,9 @@ def main() -> None:
                 f"{load_before[0]:.1f} before and {os.getloadavg()[0]:.1f} after the run, on "
                 f"{os.cpu_count()} CPUs shared with other engineers' tests: timings are noisy (+-50%).\n\n"
                 f"{table}\n" + (f"\n### Growth with N (lookalike only)\n\n{growth}\n" if growth else ""))
-        results = HERE / "RESULTS.md"
-        current = results.read_text() if results.exists() else "# Benchmark results\n"
-        if SECTION in current:
-            head, rest = current.split(SECTION, 1)
-            tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
-            current = head.rstrip() + "\n\n" + text + tail
-        else:
-            current = current.rstrip() + "\n\n" + text
-        tmp = results.with_suffix(".tmp")
-        tmp.write_text(current)
-        tmp.replace(results)
+        from results_md import write_section
+
+        write_section(SECTION, text)
 
 
 if __name__ == "__main__":

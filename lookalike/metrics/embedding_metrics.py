@@ -48,7 +48,10 @@ class EmbeddingMetrics:
     The search results, per-query values and item paths of the last `compute` stay in `last_results`,
     `last_per_query` and `last_paths` (for pictures of the worst queries).
 
-    ``backend``: ``"exact"`` (bf16 or fp32 screening picked per search, same results), ``"exact-fp32"``, ``"exact-bf16"``, ``"faiss:<factory>"`` or a search backend object;
+    ``backend``: ``"exact"`` (bf16 or fp32 screening picked per search, same results), ``"exact-fp32"``,
+    ``"exact-bf16"``, ``"faiss:<factory>"`` or a search backend object;
+    ``postprocessor``: a re-ranker applied to the search results before the metrics (e.g.
+    `lookalike.postprocess.QueryExpansion`; its ``top_n`` sets how deep to search);
     ``categories_key`` / ``sequences_key`` / ``paths_key``: the batch keys `update_from_batch` reads (None: not
     read). Chunk sizes bound the search memory (None: the backend's default).
     """
@@ -58,13 +61,17 @@ class EmbeddingMetrics:
                  distance: str = "cosine", backend: Any = "exact",
                  categories_key: str | None = schema.CATEGORY_KEY, sequences_key: str | None = schema.SEQUENCE_KEY,
                  paths_key: str | None = schema.PATH_KEY, query_chunk_size: int | None = None,
-                 gallery_chunk_size: int | None = None) -> None:
+                 gallery_chunk_size: int | None = None, postprocessor: Any = None) -> None:
         self.cmc_top_k, self.precision_top_k = tuple(cmc_top_k), tuple(precision_top_k)
         self.map_top_k, self.fmr_vals = tuple(map_top_k), tuple(fmr_vals)
         self.compute_map_at_r = bool(compute_map_at_r)
         self.distance, self.backend = distance, backend
         self.categories_key, self.sequences_key, self.paths_key = categories_key, sequences_key, paths_key
         self.query_chunk_size, self.gallery_chunk_size = query_chunk_size, gallery_chunk_size
+        if postprocessor is not None and not callable(postprocessor):
+            raise LookalikeError("EmbeddingMetrics: postprocessor must be callable as "
+                                 "postprocessor(results, query_embeddings, gallery_embeddings, distance)")
+        self.postprocessor = postprocessor
         for name, ks in (("cmc_top_k", self.cmc_top_k), ("precision_top_k", self.precision_top_k),
                          ("map_top_k", self.map_top_k)):
             if any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in ks):
@@ -186,13 +193,16 @@ class EmbeddingMetrics:
                  sequences: np.ndarray | None) -> dict:
         embeddings, labels = tensors["embeddings"], tensors["labels"]
         is_query, is_gallery = tensors["is_query"], tensors["is_gallery"]
-        ks = [*self.cmc_top_k, *self.precision_top_k, *self.map_top_k]
+        ks = [*self.cmc_top_k, *self.precision_top_k, *self.map_top_k, getattr(self.postprocessor, "top_n", 1)]
         results = RetrievalResults.from_embeddings(
             embeddings, labels, is_query, is_gallery,
             k=_needed_k(labels, is_gallery, ks, self.compute_map_at_r), sequences=sequences,
             categories=categories, distance=self.distance, backend=self.backend,
             query_chunk_size=self.query_chunk_size, gallery_chunk_size=self.gallery_chunk_size,
         )
+        if self.postprocessor is not None:
+            results = self.postprocessor(results, embeddings[results.query_ids], embeddings[results.gallery_ids],
+                                         self.distance)
         per_query = per_query_metrics(results, self.cmc_top_k, self.precision_top_k, self.map_top_k,
                                       self.compute_map_at_r)
         metrics = reduce_metrics(per_query, results.query_categories)

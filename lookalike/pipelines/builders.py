@@ -157,6 +157,9 @@ def build_logger(cfg: Mapping, run_dir: Path):
 
 
 def build_metrics(cfg: Mapping):
-    """``EmbeddingMetrics`` with ``cfg['metric_args']``."""
+    """``EmbeddingMetrics`` with ``cfg['metric_args']`` and the ``postprocessor`` block (if any)."""
     cls = import_object("lookalike.metrics:EmbeddingMetrics", "metric_args")
-    return _call(cls, dict(cfg.get("metric_args") or {}), "metric_args", "EmbeddingMetrics")
+    args = dict(cfg.get("metric_args") or {})
+    if cfg.get("postprocessor") is not None:
+        args["postprocessor"] = build_component("postprocessor", cfg["postprocessor"])
+    return _call(cls, args, "metric_args", "EmbeddingMetrics")

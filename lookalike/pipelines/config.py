@@ -202,6 +202,9 @@ SCHEMA: dict[str, Key] = {
         _k("validate_before_training", (BOOL,), False, "also validate the untrained model", section="validation"),
         _k("metric_args", (DICT,), {}, "keyword arguments of EmbeddingMetrics (cmc_top_k, map_top_k, ...)",
            section="validation"),
+        _k("postprocessor", (COMPONENT, NULL), None,
+           "re-ranker of the retrieved lists before the metrics (e.g. query_expansion); null = none",
+           registry="postprocessor", section="validation"),
         _k("metric_for_checkpointing", (STR,), "OVERALL/cmc/1",
            "metric that picks the best checkpoint: <OVERALL or category>/<metric>/<k>", section="validation"),
         _k("mode", (STR,), "max", "whether the metric is better when larger (max) or smaller (min)",
@@ -228,6 +231,7 @@ INFERRED_ARGS: dict[str, dict[str, str]] = {
     "optimizer": {"params": "owned"},
     "scheduler": {"optimizer": "owned"},
     "logger": {"save_dir": "absent"},
+    "postprocessor": {},
 }
 
 #: nested component blocks allowed inside a block's args: (block, arg name) -> registry key
@@ -492,8 +496,8 @@ def check_components(cfg: Mapping, pipeline: str, origin: str = "<dict>") -> Non
     errors: list[str] = []
     used = {
         "train": ["transforms_train", "transforms_val", "extractor", "sampler", "criterion", "optimizer",
-                  "scheduler", "logger"],
-        "validate": ["transforms_val", "extractor"],
+                  "scheduler", "logger", "postprocessor"],
+        "validate": ["transforms_val", "extractor", "postprocessor"],
         "predict": ["transforms_val", "extractor"],
     }[pipeline]
     if pipeline == "train" and cfg.get("criterion") is None:
@@ -548,6 +552,10 @@ def _check_metric_args(cfg: Mapping, errors: list[str]) -> None:
         errors.append(str(exc))
         return
     args = cfg.get("metric_args") or {}
+    if "postprocessor" in args:
+        errors.append("metric_args.postprocessor: set the top-level `postprocessor` block instead, e.g. "
+                      "postprocessor: {name: query_expansion, args: {n_neighbours: 2}}.")
+        args = {k: v for k, v in args.items() if k != "postprocessor"}
     check_args("metric_args", metrics_cls, {}, args, {}, errors)
     metric = cfg.get("metric_for_checkpointing", "")
     parts = metric.split("/")

@@ -27,6 +27,7 @@ __all__ = [
     "OPTIMIZERS_REGISTRY",
     "SCHEDULERS_REGISTRY",
     "LOGGERS_REGISTRY",
+    "POSTPROCESSORS_REGISTRY",
     "import_object",
     "suggest",
 ]
@@ -248,6 +249,14 @@ LOGGERS_REGISTRY = Registry(
     },
 )
 
+POSTPROCESSORS_REGISTRY = Registry(
+    "postprocessor",
+    {
+        "query_expansion": Entry("lookalike.postprocess:QueryExpansion",
+                                 doc="alpha query expansion: re-rank the top_n with the query + its neighbours"),
+    },
+)
+
 #: registry of each config block (``miner`` is the nested block inside ``criterion.args``)
 REGISTRIES: dict[str, Registry] = {
     "transforms_train": TRANSFORMS_REGISTRY,
@@ -259,4 +268,5 @@ REGISTRIES: dict[str, Registry] = {
     "optimizer": OPTIMIZERS_REGISTRY,
     "scheduler": SCHEDULERS_REGISTRY,
     "logger": LOGGERS_REGISTRY,
+    "postprocessor": POSTPROCESSORS_REGISTRY,
 }

@@ -204,7 +204,8 @@ class RetrievalResults:
 
         An item that is both query and gallery never retrieves itself; with ``sequences`` (any hashable per
         item, NaN / None = no sequence) gallery items of the query's sequence are neither retrieved nor counted
-        as relevant. ``backend``: ``"exact"``, ``"exact-fp32"``, ``"exact-bf16"``, ``"faiss:<factory>"`` or a `SearchBackend`.
+        as relevant. ``backend``: ``"exact"``, ``"exact-fp32"``, ``"exact-bf16"``, ``"faiss:<factory>"`` or a
+        `SearchBackend`.
         """
         emb = as_embeddings(embeddings, "embeddings")
         n = len(emb)

@@ -14,11 +14,9 @@ from lookalike.metrics import (
     cmc_at_k,
     evaluate_embeddings,
     has_relevant,
-    map_at_k,
     map_at_r,
     per_query_metrics,
     precision_at_k,
-    r_precision,
     reduce_metrics,
     worst_queries,
 )

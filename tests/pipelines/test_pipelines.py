@@ -283,3 +283,14 @@ def test_time_budget_stops_training_and_still_validates(dataset, tmp_path):
     history = json.loads((Path(result["run_dir"]) / "history.json").read_text())
     spent = max(entry.get("train_seconds", 0.0) for entry in history.values())
     assert 0.6 <= spent < 0.6 + 10  # the budget, plus at most the step that crossed it
+
+
+def test_validate_with_a_postprocessor_and_its_bad_arguments(trained, tmp_path):
+    common = ["progress_bar=false", "accelerator=cpu", f"output_dir={tmp_path}"]
+    plain = validate(trained["run_dir"], common + ["run_name=plain"])
+    expanded = validate(trained["run_dir"], common + ["run_name=qe",
+                                                      "postprocessor={name: query_expansion, args: {top_n: 8}}"])
+    assert expanded["metrics"]["OVERALL"]["n_queries"] == plain["metrics"]["OVERALL"]["n_queries"]
+    assert 0.0 <= expanded["metrics_flat"]["OVERALL/cmc/1"] <= 1.0
+    with pytest.raises(ConfigError, match="postprocessor.args.top: QueryExpansion has no argument 'top'"):
+        validate(trained["run_dir"], common + ["postprocessor={name: query_expansion, args: {top: 8}}"])
