@@ -106,9 +106,10 @@ def test_train_writes_a_complete_run_folder(trained, dataset):
 
 def test_validate_a_run_folder_reproduces_its_best_metrics(trained):
     run = Path(trained["run_dir"])
-    result = validate(run, ["progress_bar=false", "accelerator=cpu"])
+    result = validate(run, ["progress_bar=false", "accelerator=cpu", "log_images=true"])
     assert result["output_dir"] == run / "validation"
     assert (run / "validation" / "metrics.json").is_file()
+    assert (run / "validation" / "worst_queries.png").stat().st_size > 1000
     best_epoch = torch.load(trained["best_checkpoint"], weights_only=True)["epoch"]
     recorded = json.loads((run / "metrics" / f"epoch_{best_epoch:03d}.json").read_text())["metrics"]
     assert result["metrics"]["OVERALL"]["cmc"][1] == pytest.approx(float(recorded["OVERALL"]["cmc"]["1"]))
