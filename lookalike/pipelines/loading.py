@@ -8,7 +8,7 @@ from typing import Any, Mapping
 from lookalike.data import schema
 from lookalike.errors import ConfigError, DatasetError
 
-__all__ = ["dataset_root", "load_table", "split_table", "make_dataset", "label_to_category", "n_labels"]
+__all__ = ["dataset_root", "load_table", "split_table", "make_dataset", "label_to_category"]
 
 
 def dataset_root(cfg: Mapping) -> Path:
@@ -50,9 +50,3 @@ def make_dataset(table, transform, cfg: Mapping, *, cache: bool | None = None):
 def label_to_category(dataset: Any) -> dict | None:
     mapping = getattr(dataset, "label_to_category", None)
     return dict(mapping) if mapping else None
-
-
-def n_labels(dataset: Any) -> int:
-    import numpy as np
-
-    return int(len(np.unique(np.asarray(dataset.labels))))
