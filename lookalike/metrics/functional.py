@@ -8,7 +8,7 @@ counted (see `reduce_metrics`). Definitions with a worked example: docs/metrics.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -175,12 +175,13 @@ def reduce_metrics(per_query: Mapping, categories: Any = None, valid: Tensor | N
     return out
 
 
-def worst_queries(per_query_metric: Tensor, n: int, valid: Tensor | None = None) -> Tensor:
-    """Positions of the n queries with the lowest metric (ties: earlier query first), among `valid` ones."""
-    values = per_query_metric.double().clone()
-    if valid is not None:
-        values[~valid] = torch.inf
-    order = torch.sort(values, stable=True).indices
+def worst_queries(per_query_metric: Tensor, n: int, valid: Tensor | None = None,
+                  tie_breakers: Sequence[Tensor] = ()) -> Tensor:
+    """Positions of the n queries with the lowest metric among `valid` ones; ties go to the lowest value of the
+    first tie-breaker, then the next (all ascending), then to the earlier query."""
+    order = torch.arange(len(per_query_metric))
+    for key in (*reversed(tuple(tie_breakers)), per_query_metric):  # stable sorts, least significant key first
+        order = order[torch.sort(key.double()[order], stable=True).indices]
     if valid is not None:
         order = order[valid[order]]
     return order[:n]

@@ -137,14 +137,17 @@ def plot_retrieval(query_image: Any, retrieved_images: Sequence, is_relevant: Se
 def plot_worst_queries(results: RetrievalResults, per_query_metric: torch.Tensor, paths: Any, n: int = 5,
                        top_k: int = 5, *, n_missed: int = 2, loader: Callable[[Any], Any] = load_image_array,
                        metric_name: str = "metric", sequences: Sequence | None = None) -> Figure:
-    """`plot_retrieval` of the ``n`` queries with the lowest ``per_query_metric`` (ties: earlier query first;
-    queries without a relevant gallery item are skipped), each with its ``top_k`` and ``n_missed`` missed items.
+    """`plot_retrieval` of the ``n`` queries with the lowest ``per_query_metric``, each with its ``top_k`` and
+    ``n_missed`` missed items. Ties go to the query with fewer relevant items among its retrieved ones, then to
+    the one whose wrong first answer is closest (the most confident mistake); queries without a relevant gallery
+    item are skipped.
 
     ``paths[i]`` is the image of dataset index i (a list, array or mapping of paths or tensors), like
     ``results.query_ids`` / ``gallery_ids``. ``sequences`` (by dataset index) keeps same-sequence items out of
     the missed ones, as in the metrics.
     """
-    rows = worst_queries(per_query_metric, n, has_relevant(results)).tolist()
+    tie_breakers = (results.is_relevant.sum(1), results.distances[:, 0])
+    rows = worst_queries(per_query_metric, n, has_relevant(results), tie_breakers).tolist()
     top_k = min(top_k, results.k)
     seq = None if sequences is None else factorize_sequences(sequences)
     queries, retrieved, relevant, missed, dists, q_titles, m_titles = [], [], [], [], [], [], []

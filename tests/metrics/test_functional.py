@@ -101,6 +101,10 @@ def test_worst_queries_order_and_validity():
     results = hand_results()
     metric = torch.tensor([0.5, 0.0, 0.0, 0.0])
     assert worst_queries(metric, 3, has_relevant(results)).tolist() == [1, 2, 0]
+    # ties on the metric: the first tie-breaker (ascending), then the second, then the query order
+    first, second = torch.tensor([0.0, 2.0, 1.0, 1.0]), torch.tensor([0.0, 0.0, 0.3, 0.2])
+    assert worst_queries(metric, 4, None, (first, second)).tolist() == [3, 2, 1, 0]
+    assert worst_queries(metric, 4, None, (first,)).tolist() == [2, 3, 1, 0]
 
 
 # --- brute force --------------------------------------------------------------------------------------------

@@ -79,7 +79,9 @@ def test_metrics_last_results_feed_the_picture():
     metrics.compute()
     per_query = metrics.last_per_query["cmc"][1]
     figure = plot_worst_queries(metrics.last_results, per_query, torch.rand(n, 3, 8, 8), n=3, top_k=4, n_missed=2)
-    worst = int(torch.sort(per_query.double(), stable=True).indices[0])
+    res = metrics.last_results  # the worst: lowest metric, then fewest hits, then the closest wrong first answer
+    worst = min(range(n), key=lambda q: (float(per_query[q]), int(res.is_relevant[q].sum()),
+                                         float(res.distances[q, 0]), q))
     row = figure.axes[: 1 + 4 + 2]
     expected = [GREEN if r else RED for r in metrics.last_results.is_relevant[worst, :4].tolist()]
     assert [frame(ax) for ax in row[1:5]] == expected
