@@ -16,12 +16,12 @@ from lookalike.data import schema
 from lookalike.data.images import BBox, DecodedImageCache, read_image_array
 from lookalike.data.validation import load_dataset_table, parse_bool
 
-__all__ = ["ImageDataset", "train_and_validation_datasets"]
+__all__ = ["ImageDataset", "train_and_validation_datasets", "row_bboxes"]
 
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 
 
-def _bboxes(table: pd.DataFrame) -> list[BBox | None]:
+def row_bboxes(table: pd.DataFrame) -> list[BBox | None]:
     """Per row (x1, y1, x2, y2), or None where the row has no box (or the table has no box columns)."""
     if not set(schema.BBOX_COLUMNS) <= set(table.columns):
         return [None] * len(table)
@@ -66,7 +66,7 @@ class ImageDataset(Dataset):
         self.label_to_category: dict[int, str] | None = (
             dict(zip(self.labels.tolist(), self.categories.tolist())) if self.categories is not None else None
         )
-        self.bboxes = _bboxes(self.table)
+        self.bboxes = row_bboxes(self.table)
         self.cache = DecodedImageCache(self.paths, self.bboxes, cache_max_bytes) if cache_images else None
 
     def __len__(self) -> int:

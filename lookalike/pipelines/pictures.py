@@ -53,8 +53,7 @@ def send_figure(figure: Any, png: Path, loggers: Sequence[Any], *, key: str, ste
     """Hands a figure to every logger that takes pictures: TensorBoard, MLflow (artifact) and W&B (image).
     CSV loggers have no place for pictures; the PNG in the run folder is theirs."""
     for logger in loggers:
-        kind = type(logger).__name__
-        if kind == "WandbLogger" or hasattr(logger, "log_image"):
+        if hasattr(logger, "log_image"):  # W&B
             logger.log_image(key=key, images=[str(png)], step=step)
             continue
         experiment = getattr(logger, "experiment", None)

@@ -76,24 +76,19 @@ class _ImageReader:
     """``read[i]`` -> the transformed image of table row i (bbox crop when the table has bbox columns)."""
 
     def __init__(self, table, transform):
+        from lookalike.data.datasets import row_bboxes
         from lookalike.data.images import read_image
 
-        self.table = table
+        self.paths = table[schema.PATH].tolist()
+        self.bboxes = row_bboxes(table)  # the same box parsing as the training datasets
         self.transform = transform
         self.read_image = read_image
-        self.bbox = all(c in table.columns for c in schema.BBOX_COLUMNS)
 
     def __len__(self) -> int:
-        return len(self.table)
+        return len(self.paths)
 
     def __getitem__(self, i: int):
-        row = self.table.iloc[i]
-        bbox = None
-        if self.bbox:
-            values = [float(row[c]) for c in (schema.X1, schema.Y1, schema.X2, schema.Y2)]
-            if all(v == v for v in values):  # a row without a box (NaN) is the whole image
-                bbox = tuple(values)
-        image = self.read_image(row[schema.PATH], bbox)
+        image = self.read_image(self.paths[i], self.bboxes[i])
         return self.transform(image) if self.transform is not None else image
 
 
