@@ -25,11 +25,18 @@ class ConfigError(LookalikeError):
     """A config has an unknown key, a wrong type or an unknown component name."""
 
 
-def unknown_choice(kind: str, name: object, choices) -> str:
-    """The message for an unknown name: the valid choices and, when one is close, "did you mean ...?"."""
+def suggest(word: object, choices) -> str:
+    """' (did you mean 'x'?)' for the closest choice (a prefix match first, then the nearest spelling), or ''."""
     import difflib
 
     choices = [str(c) for c in choices]
-    close = difflib.get_close_matches(str(name), choices, n=1)
-    hint = f" Did you mean {close[0]!r}?" if close else ""
-    return f"unknown {kind} {name!r}; valid choices: {', '.join(choices)}.{hint}"
+    word = str(word)
+    close = [c for c in choices if word and c.lower().startswith(word.lower())]
+    close = close or difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def unknown_choice(kind: str, name: object, choices) -> str:
+    """The message for an unknown name: the valid choices and, when one is close, "did you mean ...?"."""
+    choices = [str(c) for c in choices]
+    return f"unknown {kind} {name!r}{suggest(name, choices)}; valid choices: {', '.join(choices)}."

@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 
 from lookalike.errors import DatasetError
 
-__all__ = ["read_image", "read_image_array", "image_size", "DecodedImageCache", "BBox"]
+__all__ = ["read_image", "read_image_array", "to_rgb_array", "image_size", "DecodedImageCache", "BBox"]
 
 BBox = tuple[float, float, float, float]  # (x1, y1, x2, y2) in pixels: left, top, right, bottom
 
@@ -62,6 +62,11 @@ def read_image(path: str | os.PathLike, bbox: BBox | None = None) -> Image.Image
 def read_image_array(path: str | os.PathLike, bbox: BBox | None = None) -> np.ndarray:
     """`read_image` as a uint8 HxWx3 numpy array."""
     return np.array(read_image(path, bbox), dtype=np.uint8)  # a writable copy
+
+
+def to_rgb_array(image: Image.Image) -> np.ndarray:
+    """A PIL image in any mode as uint8 HxWx3 pixels, by the same rules as `read_image` (for images in memory)."""
+    return np.array(_to_rgb(image), dtype=np.uint8)
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 import warnings
 from collections import Counter
 from collections.abc import Mapping
@@ -20,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from lookalike.errors import CheckpointError
+from lookalike.io import atomic_path
 
 __all__ = ["save_weights", "load_weights", "load_into", "WRAPPER_PREFIXES"]
 
@@ -38,30 +38,14 @@ def save_weights(model_or_state_dict: nn.Module | Mapping[str, Tensor], path: st
         raise CheckpointError(f"cannot save weights to {path}: entries {_listing(not_tensors)} are not tensors; "
                               "pass a model or a state dict of tensors.")
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
             save_file(_unshared(state), tmp)
         else:
             torch.save(state, tmp)
-        with open(tmp, "rb") as f:  # on disk before the rename, so a crash never leaves a half file under `path`
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give the usual permissions
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _unshared(state: dict[str, Tensor]) -> dict[str, Tensor]:

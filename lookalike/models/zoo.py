@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lookalike.errors import CheckpointError, LookalikeError, unknown_choice
+from lookalike.io import atomic_path
 
 __all__ = ["ZooEntry", "ZOO", "register", "default_cache_dir", "download_checkpoint", "zoo_checkpoint_path",
            "from_zoo"]
@@ -90,31 +90,28 @@ def download_checkpoint(url: str, sha256: str, cache_dir: str | os.PathLike | No
         return target
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)
     except OSError as error:
         raise CheckpointError(f"cannot write to the checkpoint cache {folder} ({error}); set LOOKALIKE_CACHE to "
                               "a writable folder.") from None
     try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            total = int(response.headers.get("Content-Length") or 0) or None
-            from tqdm import tqdm
+        # the download lands under a temporary name and is renamed only after its hash matched
+        with atomic_path(target, suffix=".part") as tmp:
+            with open(tmp, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
+                total = int(response.headers.get("Content-Length") or 0) or None
+                from tqdm import tqdm
 
-            with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {target.name}", leave=False,
-                      disable=not progress) as bar:
-                for chunk in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(chunk)
-                    bar.update(len(chunk))
-        actual = _sha256(Path(tmp))
-        if actual != sha256:
-            raise CheckpointError(f"download of {url} has SHA-256 {actual}, expected {sha256}; the file was "
-                                  "discarded. Try again; if it persists the address serves another file.")
-        os.replace(tmp, target)
+                with tqdm(total=total, unit="B", unit_scale=True, desc=f"downloading {target.name}", leave=False,
+                          disable=not progress) as bar:
+                    for chunk in iter(lambda: response.read(_CHUNK), b""):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+            actual = _sha256(tmp)
+            if actual != sha256:
+                raise CheckpointError(f"download of {url} has SHA-256 {actual}, expected {sha256}; the file was "
+                                      "discarded. Try again; if it persists the address serves another file.")
     except (OSError, ValueError) as error:  # urllib.error.URLError is an OSError; a malformed URL a ValueError
         raise CheckpointError(f"cannot download {url} ({error}); check the address and the network, or put the "
                               f"file (SHA-256 {sha256}) at {target} yourself.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return target
 
 

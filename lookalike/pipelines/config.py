@@ -19,8 +19,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from lookalike.errors import ConfigError
-from lookalike.pipelines.registry import REGISTRIES, signature_without, suggest
+from lookalike.errors import ConfigError, suggest
+from lookalike.pipelines.registry import REGISTRIES, signature_without
 
 __all__ = [
     "SCHEMA",

@@ -19,7 +19,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lookalike.data import schema
-from lookalike.pipelines.io import atomic_path, write_json_atomic
+from lookalike.io import atomic_path, write_json_atomic
 
 __all__ = [
     "finish_distributed",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from lookalike.pipelines.io import atomic_path
+from lookalike.io import atomic_path
 
 __all__ = ["save_worst_queries", "per_query_for", "send_figure"]
 

@@ -6,14 +6,13 @@ class or function plugs in by an import path, ``name: my_pkg.module:MyClass``, i
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import importlib.util
 import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping
 
-from lookalike.errors import ConfigError
+from lookalike.errors import ConfigError, suggest
 
 __all__ = [
     "Entry",
@@ -29,17 +28,7 @@ __all__ = [
     "LOGGERS_REGISTRY",
     "POSTPROCESSORS_REGISTRY",
     "import_object",
-    "suggest",
 ]
-
-
-def suggest(word: str, choices: Iterator[str] | list[str] | tuple[str, ...]) -> str:
-    """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
-    choices = [str(c) for c in choices]
-    word = str(word)
-    close = [c for c in choices if word and c.lower().startswith(word.lower())]
-    close = close or difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def import_object(path: str, where: str) -> Any:

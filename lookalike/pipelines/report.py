@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
-from lookalike.pipelines.io import atomic_path
+from lookalike.io import atomic_path
 
 __all__ = ["metrics_table", "plot_history"]
 

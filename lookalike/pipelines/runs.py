@@ -1,18 +1,19 @@
-"""Run folders shared by the pipelines: naming, the DDP hand-over of the folder to child processes, and the
-resolved config saved into the folder."""
+"""Run folders shared by the pipelines: naming, the DDP hand-over of the folder to child processes, the folder a
+job writes into, the run's default checkpoint, and the resolved config saved into the folder."""
 
 from __future__ import annotations
 
 import os
 import time
 from pathlib import Path
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from lookalike.errors import CheckpointError, ConfigError
 from lookalike.pipelines.config import yaml_dump
-from lookalike.pipelines.io import write_text_atomic
+from lookalike.io import write_text_atomic
 
-__all__ = ["RUN_DIR_ENV", "launched_rank", "new_run_dir", "resume_target", "save_config"]
+__all__ = ["RUN_DIR_ENV", "launched_rank", "new_run_dir", "resume_target", "save_config", "output_folder",
+           "default_checkpoint", "extractor_identity"]
 
 #: set by the main process so that DDP child processes (which re-run the script) use the same run folder
 RUN_DIR_ENV = "LOOKALIKE_RUN_DIR"
@@ -76,3 +77,44 @@ def save_config(cfg: Mapping, path: Path) -> Path:
     """The full resolved config (defaults filled, overrides applied), written atomically."""
     header = "# resolved config written by lookalike; re-run with: lookalike train <this file>\n"
     return write_text_atomic(path, header + yaml_dump(dict(cfg)))
+
+
+def output_folder(cfg: dict, source, kind: str, overrides: Iterable[str] = ()) -> Path:
+    """``<run folder>/<kind>`` when the config came from a run folder (and output_dir / run_name are not
+    overridden), else a new run folder for this job inside output_dir."""
+    overridden = {o.partition("=")[0].strip() for o in overrides}
+    if source.run_dir is not None and not overridden & {"output_dir", "run_name"}:
+        folder = Path(source.run_dir) / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder.resolve()
+    return new_run_dir(cfg, prefix=f"{kind}_", fresh=False)
+
+
+def default_checkpoint(cfg: dict, source) -> None:
+    """Sets ``cfg['checkpoint']`` to the run's ``checkpoints/best.ckpt`` when the config came from a run folder
+    and names none; warns when the extractor runs with its own initial weights."""
+    if cfg["checkpoint"] is None and source.run_dir is not None:
+        cfg["checkpoint"] = str(Path(source.run_dir) / "checkpoints" / "best.ckpt")
+    if cfg["checkpoint"] is None:
+        import warnings
+
+        warnings.warn("checkpoint is null: using the extractor as built (its own `weights` argument or a random "
+                      "initialisation).", stacklevel=3)
+
+
+def extractor_identity(cfg: Mapping) -> dict:
+    """What made a set of embeddings: the extractor block, the checkpoint file and its SHA-256, image size and
+    validation transforms (saved beside embeddings and indexes, checked when they are loaded)."""
+    import hashlib
+
+    identity = {"extractor": dict(cfg["extractor"]), "checkpoint": cfg.get("checkpoint"), "checkpoint_sha256": None,
+                "image_size": cfg.get("image_size"), "transforms": dict(cfg.get("transforms_val") or {})}
+    ckpt = cfg.get("checkpoint")
+    if ckpt and Path(ckpt).is_file():
+        digest = hashlib.sha256()
+        with open(ckpt, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                digest.update(chunk)
+        identity["checkpoint"] = str(Path(ckpt).resolve())
+        identity["checkpoint_sha256"] = digest.hexdigest()
+    return identity

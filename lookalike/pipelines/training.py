@@ -11,42 +11,9 @@ from typing import Any, Iterable, Mapping
 from lookalike.errors import ConfigError
 from lookalike.pipelines.config import load_config
 from lookalike.pipelines.runs import RUN_DIR_ENV, launched_rank, new_run_dir, resume_target, save_config
+from lookalike.pipelines.trainer import quiet_lightning, trainer_kwargs
 
 __all__ = ["train"]
-
-
-def _quiet_lightning() -> None:
-    """Hide Lightning notices that are noise for our pipelines (we set these options on purpose)."""
-    for pattern in (
-        r".*does not have many workers.*",
-        r".*Checkpoint directory .* exists and is not empty.*",
-        r".*The number of training batches .* is smaller than the logging interval.*",
-        r".*`isinstance\(treespec, LeafSpec\)` is deprecated.*",
-        r".*LeafSpec.*",
-        r".*when logging on epoch level in distributed setting.*",  # our metrics are already gathered
-    ):
-        warnings.filterwarnings("ignore", message=pattern)
-
-
-def trainer_kwargs(cfg: Mapping) -> dict[str, Any]:
-    """Trainer options shared by train and validate."""
-    precision = cfg["precision"]
-    if precision in (32, "32"):
-        precision = "32-true"
-    elif precision in (64, "64"):
-        precision = "64-true"
-    elif precision == 16:
-        precision = "16-mixed"
-    return {
-        "accelerator": cfg["accelerator"],
-        "devices": cfg["devices"],
-        "strategy": cfg["strategy"],
-        "precision": precision,
-        "enable_progress_bar": cfg["progress_bar"],
-        "use_distributed_sampler": False,  # our samplers split batches per rank themselves
-        "num_sanity_val_steps": 0,
-        "enable_model_summary": cfg["progress_bar"],
-    }
 
 
 def _image_saver(cfg: Mapping, val_dataset):
@@ -71,7 +38,7 @@ def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
     of the last validation), "metrics_flat", "initial_metrics", "best_checkpoint", "best_score",
     "last_checkpoint"}``.
     """
-    _quiet_lightning()
+    quiet_lightning()
     ckpt_path = None
     run_dir = None
     if resume:

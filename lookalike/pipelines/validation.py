@@ -4,26 +4,15 @@ validation split, printed as a table and saved as JSON."""
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Iterable, Mapping
 
 from lookalike.pipelines.config import load_config
-from lookalike.pipelines.io import write_json_atomic
-from lookalike.pipelines.runs import RUN_DIR_ENV, launched_rank, new_run_dir, save_config
+from lookalike.io import write_json_atomic
+from lookalike.pipelines.runs import RUN_DIR_ENV, default_checkpoint, launched_rank, output_folder, save_config
+from lookalike.pipelines.trainer import quiet_lightning, trainer_kwargs
 
 __all__ = ["validate"]
-
-
-def output_folder(cfg: dict, source, kind: str, overrides: Iterable[str] = ()) -> Path:
-    """``<run folder>/<kind>`` when the config came from a run folder (and output_dir / run_name are not
-    overridden), else a new run folder for this job inside output_dir."""
-    overridden = {o.partition("=")[0].strip() for o in overrides}
-    if source.run_dir is not None and not overridden & {"output_dir", "run_name"}:
-        folder = Path(source.run_dir) / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder.resolve()
-    return new_run_dir(cfg, prefix=f"{kind}_", fresh=False)
 
 
 def validate(config: Mapping | str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
@@ -32,16 +21,10 @@ def validate(config: Mapping | str | Path | None = None, overrides: Iterable[str
     ``config`` may be a run folder: its config.yaml is used and, unless ``checkpoint`` is set,
     its checkpoints/best.ckpt. Returns ``{"metrics" (nested), "metrics_flat", "output_dir"}``.
     """
-    from lookalike.pipelines.training import _quiet_lightning, trainer_kwargs
-
-    _quiet_lightning()
+    quiet_lightning()
     overrides = list(overrides)
     cfg, source = load_config(config, overrides, pipeline="validate")
-    if cfg["checkpoint"] is None and source.run_dir is not None:
-        cfg["checkpoint"] = str(Path(source.run_dir) / "checkpoints" / "best.ckpt")
-    if cfg["checkpoint"] is None:
-        warnings.warn("checkpoint is null: validating the extractor as built (its own `weights` argument or a "
-                      "random initialisation).", stacklevel=2)
+    default_checkpoint(cfg, source)
 
     import lightning.pytorch as pl
 

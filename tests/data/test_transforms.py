@@ -79,6 +79,6 @@ def test_denormalize_inverts_normalisation():
 
 
 def test_unknown_preset_lists_names_and_suggests_the_close_one():
-    with pytest.raises(LookalikeError, match="Did you mean 'train'") as info:
+    with pytest.raises(LookalikeError, match="did you mean 'train'") as info:
         get_transforms("trian")
     assert all(name in str(info.value) for name in [*TRANSFORM_PRESETS, "none"])

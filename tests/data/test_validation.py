@@ -303,8 +303,8 @@ def test_partial_bbox_columns(tmp_path):
 
 
 def test_unknown_modes_suggest_the_close_name(dataset_root):
-    assert "Did you mean 'decode'" in problems_of(dataset_root, check_images="decod")
-    assert "Did you mean 'drop'" in problems_of(dataset_root, queries_without_gallery="dorp")
+    assert "did you mean 'decode'" in problems_of(dataset_root, check_images="decod")
+    assert "did you mean 'drop'" in problems_of(dataset_root, queries_without_gallery="dorp")
 
 
 # --- the built-in example data -------------------------------------------------------------------------------

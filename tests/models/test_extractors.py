@@ -67,7 +67,7 @@ def test_freeze_backbone_keeps_head_trainable():
 
 
 def test_unknown_names_suggest_close_ones():
-    with pytest.raises(LookalikeError, match="Did you mean 'resnet18'"):
+    with pytest.raises(LookalikeError, match="did you mean 'resnet18'"):
         ResNetExtractor("resnet19")
     with pytest.raises(LookalikeError, match="valid choices"):
         ViTExtractor("vit_z_99")
@@ -75,7 +75,7 @@ def test_unknown_names_suggest_close_ones():
         TimmExtractor("resnett10t")
     with pytest.raises(LookalikeError, match="pooling"):
         SmallCNNExtractor(pooling="max")
-    with pytest.raises(LookalikeError, match="Did you mean 'gem'"):
+    with pytest.raises(LookalikeError, match="did you mean 'gem'"):
         TimmExtractor("test_resnet", pooling="gen")
 
 

@@ -295,18 +295,3 @@ def test_validate_with_a_postprocessor_and_its_bad_arguments(trained, tmp_path):
     assert 0.0 <= expanded["metrics_flat"]["OVERALL/cmc/1"] <= 1.0
     with pytest.raises(ConfigError, match="postprocessor.args.top: QueryExpansion has no argument 'top'"):
         validate(trained["run_dir"], common + ["postprocessor={name: query_expansion, args: {top: 8}}"])
-
-
-def test_prediction_reader_crops_by_the_bbox_like_the_datasets(tmp_path):
-    from PIL import Image
-
-    from lookalike.pipelines.prediction import _ImageReader
-
-    pixels = np.zeros((20, 30, 3), dtype=np.uint8)
-    pixels[5:15, 10:20] = 255  # a white 10 x 10 square inside black
-    Image.fromarray(pixels).save(tmp_path / "a.png")
-    table = pd.DataFrame({"path": [str(tmp_path / "a.png")] * 2, "x_1": [10, None], "x_2": [20, None],
-                          "y_1": [5, None], "y_2": [15, None]})
-    reader = _ImageReader(table, transform=np.asarray)
-    assert reader[0].shape == (10, 10, 3) and int(reader[0].min()) == 255  # the box only
-    assert reader[1].shape == (20, 30, 3)  # a row without a box: the whole image

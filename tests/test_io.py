@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from lookalike.pipelines.io import atomic_path, write_json_atomic
+from lookalike.io import atomic_path, write_json_atomic
 
 
 def test_json_is_written_whole_with_umask_permissions(tmp_path):
