@@ -8,7 +8,7 @@ Every distance that enters the answer is the retrieval layer's canonical distanc
 (`lookalike.retrieval.pair_distances`, the one exact search reports), so the result is bit-for-bit the same
 whatever the chunk sizes. Computing it for every pair would be slow, so blocks of pairs are first *screened*
 with one fp32 matmul ("fast" distances) whose error against the canonical value is bounded by ``err`` (see
-`_screening_error`), the same idea as exact search:
+`lookalike.retrieval.bounds.pair_screening_error`), the same idea as exact search:
 
 1. pass 1 computes the canonical distance of every positive pair (positives are few: about Nq x items per
    label; only their float32 values are kept) and a histogram of the negatives' fast distances;
@@ -26,7 +26,7 @@ square); a float32 distance squared is exact in float64, so order and ties are u
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -34,9 +34,10 @@ import torch
 from torch import Tensor
 
 from lookalike.errors import LookalikeError
-from lookalike.retrieval import Exclusion, factorize_sequences, pair_distances
+from lookalike.retrieval import factorize_sequences
 from lookalike.retrieval.base import as_embeddings, check_distance
-from lookalike.retrieval.distances import TINY_NORM, row_sq_norms
+from lookalike.retrieval.bounds import U32
+from lookalike.retrieval.pairs import PairStream
 
 __all__ = ["fnmr_at_fmr"]
 
@@ -47,175 +48,6 @@ _MAX_KEPT = 1 << 22
 _HISTC_MIN = 1 << 19
 #: nested histogram levels before a set is kept whatever its size (float64 bins are then below resolution)
 _MAX_DEPTH = 6
-U32 = 2.0**-24
-U_BF16 = 2.0**-8
-SAFETY = 1.25
-
-
-def _fp32_matmul_is_ieee() -> bool:
-    """False when torch may run fp32 matmuls with reduced-precision inputs (then the error bound widens)."""
-    try:
-        if torch.get_float32_matmul_precision() != "highest":
-            return False
-    except RuntimeError:
-        return False
-    matmul = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
-    return getattr(matmul, "fp32_precision", "none") in ("none", "ieee")
-
-
-def _norms(x: Tensor) -> Tensor:
-    out = torch.empty(len(x), dtype=torch.float64)
-    step = max(1, (1 << 18) // max(x.shape[1], 1))
-    for a in range(0, len(x), step):
-        out[a : a + step] = torch.linalg.vector_norm(x[a : a + step], dim=1, dtype=torch.float64)
-    return out
-
-
-def _screening_error(distance: str, d: int, q_max: float, g_max: float, ieee: bool) -> float:
-    """Bound on |fast key - canonical key| for every pair (key = distance; euclidean: squared distance).
-
-    The fp32 matmul of rows with norms <= B_q, B_g errs by at most ``gamma_d B_q B_g`` in any summation order
-    (``gamma_d = d u / (1 - d u)``, ``u = 2^-24``; reduced-precision matmuls add ``2.01 * 2^-8 B_q B_g``).
-    cosine rows are ``x * fl(1/|x|)``: within ``2u + u^2`` of the unit vector. Then the fp32 roundings of the
-    fast formula, and the canonical value's own float64 error and float32 rounding, are added; the total is
-    multiplied by 1.25 for the float64 noise of the bound itself.
-    """
-    gamma = d * U32 / (1.0 - d * U32) + (0.0 if ieee else 2.01 * U_BF16)
-    f64 = d * 2.0**-50
-    if distance == "cosine":
-        e = 2 * U32 + U32 * U32 + 1e-12
-        b = 1.0 + e
-        core = 2 * e * b + gamma * b * b + 4 * U32 + f64
-        tiny = d * 2.0**-120 * 4
-    elif distance == "inner_product":
-        core = (gamma + 2 * U32 + f64) * q_max * g_max
-        tiny = d * 2.0**-120 * (1 + q_max) * (1 + g_max)
-    else:
-        # fast: |q|^2 + |g|^2 - 2 s in fp32; canonical: fl32(sqrt(sum (q - g)^2)), squared exactly
-        core = 2 * gamma * q_max * g_max + (5 * U32 + 2 * f64) * (q_max + g_max) ** 2
-        tiny = d * 2.0**-120 * (1 + q_max) * (1 + g_max) * 4
-    return SAFETY * core + tiny
-
-
-def _inverse(norm: Tensor) -> Tensor:
-    """fp32 ``1 / |x|`` (0 for vectors the canonical cosine treats as zero vectors, as exact search does)."""
-    return torch.where(norm > TINY_NORM, 1.0 / norm.clamp(min=TINY_NORM), 0.0).float()
-
-
-class _Pairs:
-    """Every (query, gallery) pair of a dataset, block by block: fast keys of the negatives (NaN elsewhere).
-
-    Positive pairs are enumerated per query chunk from the labels (never by comparing whole blocks), and the
-    pairs that make no pair at all (the query itself, its same-sequence items) are masked by the retrieval
-    layer's `Exclusion`, the rule search uses.
-    """
-
-    def __init__(self, embeddings: Tensor, labels: Tensor, is_query: Tensor, is_gallery: Tensor,
-                 sequences: Tensor | None, distance: str, query_chunk_size: int, gallery_chunk_size: int):
-        n = len(embeddings)
-        q_idx, g_idx = is_query.nonzero().squeeze(1), is_gallery.nonzero().squeeze(1)
-        self.q = embeddings if len(q_idx) == n else embeddings[q_idx]  # raw rows: canonical distances
-        self.g = embeddings if len(g_idx) == n else embeddings[g_idx]
-        q_norm, g_norm = _norms(self.q), _norms(self.g)
-        self.qs, self.gs = self.q, self.g  # screening rows
-        self.q_sq = self.g_sq = self.q_sq_canonical = None
-        if distance == "cosine":
-            self.qs, self.gs = self.q * _inverse(q_norm)[:, None], self.g * _inverse(g_norm)[:, None]
-            self.q_sq_canonical = row_sq_norms(self.q)
-        elif distance == "euclidean":
-            self.q_sq, self.g_sq = q_norm.square().float(), g_norm.square().float()
-        q_max = float(q_norm.max()) * (1 + 1e-12) if len(q_norm) else 0.0
-        g_max = float(g_norm.max()) * (1 + 1e-12) if len(g_norm) else 0.0
-        self.err = _screening_error(distance, embeddings.shape[1], q_max, g_max, _fp32_matmul_is_ieee())
-        if distance == "cosine":
-            self.key_range = (0.0, 2.0)
-        elif distance == "inner_product":
-            self.key_range = (-q_max * g_max, q_max * g_max)
-        else:
-            self.key_range = (0.0, (q_max + g_max) ** 2)
-        # fast keys are clamped to this fp32-exact range: a no-op while the screening bound holds, and no key
-        # escapes the pass-1 histogram
-        low = np.float32(self.key_range[0] - 2 * self.err)
-        low = low if float(low) <= self.key_range[0] - 2 * self.err else np.nextafter(low, np.float32(-np.inf))
-        high = np.float32(self.key_range[1] + 2 * self.err)
-        high = high if float(high) >= self.key_range[1] + 2 * self.err else np.nextafter(high, np.float32(np.inf))
-        if not high > low:
-            high = np.nextafter(low, np.float32(np.inf))
-        self.clamp = (float(low), float(high))
-        self.q_lab = labels[q_idx]
-        self.g_order = torch.argsort(labels[g_idx], stable=True)
-        self.g_lab_sorted = labels[g_idx][self.g_order]
-        spec = []
-        if bool((is_query & is_gallery).any()):
-            spec.append((q_idx, g_idx))  # the same dataset item
-        if sequences is not None and bool((sequences >= 0).any()):
-            spec.append((sequences[q_idx], sequences[g_idx]))  # the same sequence (-1 matches nothing)
-        self.exclusion = Exclusion(spec or None, len(q_idx), len(g_idx))
-        self.distance = distance
-        self.qc, self.gc = query_chunk_size, gallery_chunk_size
-
-    def fast_keys(self, q0: int, q1: int, g0: int, g1: int) -> Tensor:
-        """Screening keys of one block (cosine / inner product: the distance; euclidean: its square)."""
-        s = self.qs[q0:q1] @ self.gs[g0:g1].T
-        if self.distance == "cosine":
-            return torch.rsub(s, 1.0).clamp_(*self.clamp)
-        if self.distance == "inner_product":
-            return s.neg_().clamp_(*self.clamp)
-        return s.mul_(-2.0).add_(self.q_sq[q0:q1, None]).add_(self.g_sq[None, g0:g1]).clamp_(*self.clamp)
-
-    def canonical_keys(self, q_pos: Tensor, g_pos: Tensor) -> Tensor:
-        """Canonical keys (float64) of the pairs ``(q_pos[i], g_pos[i])``."""
-        return self.key_of(self.distances(q_pos, g_pos))
-
-    def distances(self, q_pos: Tensor, g_pos: Tensor) -> Tensor:
-        """Canonical float32 distances of the pairs ``(q_pos[i], g_pos[i])`` (the retrieval layer's)."""
-        return pair_distances(self.q, self.g, q_pos, g_pos, self.distance, self.q_sq_canonical)
-
-    def key_of(self, distances: Tensor) -> Tensor:
-        d = distances.double()
-        return d.square_() if self.distance == "euclidean" else d
-
-    def to_distance(self, key: float) -> float:
-        return math.sqrt(key) if self.distance == "euclidean" else key
-
-    def positives(self, q0: int, q1: int) -> tuple[Tensor, Tensor]:
-        """(query, gallery) positions of the positive pairs of queries ``q0:q1``, sorted by gallery position."""
-        labels = self.q_lab[q0:q1]
-        lo = torch.searchsorted(self.g_lab_sorted, labels)
-        count = torch.searchsorted(self.g_lab_sorted, labels, right=True) - lo
-        n = int(count.sum())
-        rows = torch.repeat_interleave(torch.arange(q0, q1), count)
-        start = torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
-        cols = self.g_order[torch.arange(n) - start + torch.repeat_interleave(lo, count)]
-        if not self.exclusion.empty and n:
-            keep = ~self.exclusion.mask(rows, cols)
-            rows, cols = rows[keep], cols[keep]
-        order = torch.argsort(cols, stable=True)
-        return rows[order], cols[order]
-
-    def blocks(self) -> Iterator[tuple[int, int, Tensor, tuple[Tensor, Tensor] | None]]:
-        """``(q0, g0, keys, positives)`` of one block at a time: ``keys`` are the fast keys of the negative pairs,
-        NaN where a pair is positive or excluded; ``positives`` (the chunk's, see `positives`) come with the
-        first block of every query chunk, else None."""
-        for q0 in range(0, len(self.q), self.qc):
-            q1 = min(q0 + self.qc, len(self.q))
-            rows, cols = self.positives(q0, q1)
-            chunk_exclusion = None if self.exclusion.empty else self.exclusion.for_queries(torch.arange(q0, q1))
-            for g0 in range(0, len(self.g), self.gc):
-                g1 = min(g0 + self.gc, len(self.g))
-                keys = self.fast_keys(q0, q1, g0, g1)
-                a, b = torch.searchsorted(cols, torch.tensor([g0, g1])).tolist()
-                keys[rows[a:b] - q0, cols[a:b] - g0] = math.nan
-                if chunk_exclusion is not None:
-                    chunk_exclusion.apply(keys, g0, g1, math.nan)
-                yield q0, g0, keys, ((rows, cols) if g0 == 0 else None)
-
-    def canonical_of(self, q0: int, g0: int, mask: Tensor) -> Tensor:
-        """Canonical keys (float64) of the block's pairs where ``mask`` is True."""
-        rows, cols = mask.nonzero(as_tuple=True)
-        return self.canonical_keys(rows + q0, cols + g0)
-
-
 def _index(values: Tensor, low: float, width: float) -> Tensor:
     return ((values - low) / width).floor_().clamp_(0, _BINS - 1).long()
 
@@ -270,7 +102,7 @@ class _Window:
         self.hi = float(np.nextafter(np.float32(hi), np.float32(np.inf))) if math.isfinite(hi) else hi
         self.certain = (self.lo + err, self.hi - err)
 
-    def take(self, pairs: _Pairs, q0: int, g0: int, keys: Tensor) -> tuple[Tensor, int]:
+    def take(self, pairs: PairStream, q0: int, g0: int, keys: Tensor) -> tuple[Tensor, int]:
         """(canonical keys of the block's negatives in the window, how many negatives lie below it).
 
         ``keys`` are NaN outside the negatives, and NaN compares False."""
@@ -327,7 +159,7 @@ class _Kept:
         return float(self.values[rank - self.before])
 
 
-def _order_statistics(pairs: _Pairs, root: Tensor, root_low: float, root_width: float,
+def _order_statistics(pairs: PairStream, root: Tensor, root_low: float, root_width: float,
                       ranks: list[int]) -> dict[int, float]:
     """Exact canonical keys of the given 0-based ranks of the negatives, from the pass-1 fast histogram."""
     err, (key_lo, key_hi) = pairs.err, pairs.key_range
@@ -421,7 +253,7 @@ def fnmr_at_fmr(
     if len(sequences if sequences is not None else emb) != len(emb):
         raise LookalikeError(f"fnmr_at_fmr: sequences must have one value per embedding ({len(emb)})")
     seq = None if sequences is None else factorize_sequences(sequences)
-    pairs = _Pairs(emb, labels_t, q_flag, g_flag, seq, distance, int(query_chunk_size), int(gallery_chunk_size))
+    pairs = PairStream(emb, labels_t, q_flag, g_flag, seq, distance, int(query_chunk_size), int(gallery_chunk_size))
 
     # pass 1: canonical distances of the positives, and a histogram of the negatives' fast keys
     root_low, root_high = pairs.clamp

@@ -83,15 +83,38 @@ def sort_by_distance_then_index(distances: Tensor, indices: Tensor) -> tuple[Ten
 
 
 class SearchBackend(ABC):
-    """Top-k nearest gallery items for every query; ``distance`` is one of `DISTANCES` (smaller is closer)."""
+    """Top-k nearest gallery items for every query; ``distance`` is one of `DISTANCES` (smaller is closer).
+
+    ``search`` checks its inputs and handles empty sets once for every backend; a backend implements
+    ``_search`` on float32 2-d tensors of equal width, with ``k >= 1`` and both sets non-empty.
+    """
 
     distance: str = "cosine"
 
-    @abstractmethod
     def search(
         self, queries: Tensor, gallery: Tensor, k: int, *, exclude: ExcludeSpec = None
     ) -> tuple[Tensor, Tensor]:
         """Return ``(distances (Nq, k) float32, indices (Nq, k) int64)``; padding is ``(+inf, -1)``."""
+        q = as_embeddings(queries, "queries")
+        g = as_embeddings(gallery, "gallery")
+        k = check_k(k)
+        if q.shape[1] != g.shape[1]:
+            raise LookalikeError(
+                f"queries have dimension {q.shape[1]} but gallery has {g.shape[1]}: both must come from the "
+                "same extractor."
+            )
+        if len(q) == 0 or len(g) == 0:
+            self._empty_search(len(q))
+            return torch.full((len(q), k), float("inf")), torch.full((len(q), k), -1, dtype=torch.int64)
+        with torch.no_grad():
+            return self._search(q, g, k, Exclusion(exclude, len(q), len(g)), gallery)
+
+    def _empty_search(self, n_queries: int) -> None:
+        """Called instead of ``_search`` when there is nothing to search (resets per-call statistics)."""
+
+    @abstractmethod
+    def _search(self, q: Tensor, g: Tensor, k: int, exclusion: "Exclusion", gallery: Any) -> tuple[Tensor, Tensor]:
+        """The backend's search on checked inputs; ``gallery`` is the caller's object (e.g. for index caching)."""
 
 
 def _as_keys(x: Any, n: int, what: str) -> Tensor:

@@ -19,33 +19,7 @@ How a search runs
 So ``precision="bf16"`` and ``precision="fp32"`` return identical ids and distances (bit for bit), and ties
 are always ordered by the smaller gallery index.
 
-The screening error bound
--------------------------
-Let ``x^`` be the ideal vector (the row itself; for cosine the row divided by its float64 norm) and ``x_s`` the
-vector actually fed to the matmul (fp32 for cosine: ``x * fl(1/|x|)``; bf16: that rounded to bf16, unit
-roundoff ``u = 2^-8``). Write ``e = |x^ - x_s|`` (Euclidean norm of the representation error) and
-``B = |x_s|``. Then, by Cauchy-Schwarz,
-
-    |<q^, g^> - <q_s, g_s>| = |<q^ - q_s, g^> + <q_s, g^ - g_s>| <= e_q |g^| + B_q e_g.
-
-For bf16, ``e`` and ``B`` are measured for every row (``x_s - bf16(x_s)`` is exact in fp32; its norm is
-inflated for its own rounding), which is tighter than the textbook ``(2u + u^2) sum |q_i||g_i| <=
-(2u + u^2) |q||g|`` but implies it. For fp32 cosine the normalisation costs ``e <= (2 u32 + u32^2) |x^|``
-(``u32 = 2^-24``); for inner product / euclidean ``e = 0``.
-Products of bf16 numbers are exact in fp32; summing ``d`` terms in fp32 in *any* order adds at most
-``gamma_d sum |q_s,i g_s,i| <= gamma_d B_q B_g`` with ``gamma_d = d u32 / (1 - d u32)``. A bf16 *output*
-is rounded once more: ``|s_out - s| <= u/(1-u) |s_out|`` (applied to the observed score, a monotone term).
-With ``G^ = max |g^|``, ``E_g = max e_g`` and ``B_G = max B_g`` over the gallery, the score error of query
-``q`` against any gallery item is at most
-
-    err_q = 1.25 * (e_q G^ + B_q E_g + gamma_d B_q B_G) + d 2^-120 (1 + B_q)(1 + B_G)   [+ u/(1-u) |s_out|]
-
-(the factor 1.25 absorbs float64 noise in the bound itself; the last term covers flush-to-zero of denormals).
-Euclidean screening uses ``2 s - |g|^2`` (``|q|^2`` is constant per query) and adds the fp32 rounding of
-``|g|^2`` and of the final addition. If torch is allowed to run fp32 matmuls in reduced precision
-(``torch.set_float32_matmul_precision("medium"/"high")``), the fp32 bound adds the bf16 input rounding
-``2.01 u B_q B_G`` so it stays valid. The bound assumes IEEE round-to-nearest and fp32 accumulation inside
-the bf16 matmul (oneDNN/MKL on CPU); `tests/retrieval` check it against float64 on adversarial data.
+The bound that makes the bf16 fast path exact is derived in `lookalike.retrieval.bounds`.
 """
 
 from __future__ import annotations
@@ -55,191 +29,23 @@ from torch import Tensor
 
 from lookalike.errors import LookalikeError
 from lookalike.retrieval.base import (
-    ExcludeSpec,
     Exclusion,
     SearchBackend,
-    as_embeddings,
     check_distance,
-    check_k,
     sort_by_distance_then_index,
 )
-from lookalike.retrieval.distances import TINY_NORM, pair_distances, row_sq_norms
+from lookalike.retrieval.bounds import ScreeningBounds, native_bf16_matmul
 
 __all__ = ["ExactSearch", "PRECISIONS"]
 
 PRECISIONS = ("auto", "fp32", "bf16")
 #: query x gallery pairs from which "auto" screens in bf16 (below, the extra candidates cost more than they save)
 AUTO_BF16_MIN_PAIRS = 25_000_000
-U32 = 2.0**-24
-U_BF16 = 2.0**-8
-U_BF16_OUT = U_BF16 / (1.0 - U_BF16)
-SAFETY = 1.25
 #: width of the column groups whose maxima pre-filter a block before the top-k merge
 GROUP = 16
 #: query rows per score tile (a tile x gallery_chunk_size block stays cache-friendly)
 _TILE_ROWS = 2048
 _INF = float("inf")
-#: relative error of fp32 normalisation ``x * fl32(1 / |x|_64)``: two roundings, plus the float64 norm's own error
-_REL32 = 2 * U32 + U32 * U32 + 1e-12
-
-
-def _fp32_matmul_is_ieee() -> bool:
-    """False when torch may run fp32 matmuls with bf16/tf32 inputs (then the fp32 bound widens)."""
-    try:
-        if torch.get_float32_matmul_precision() != "highest":
-            return False
-    except RuntimeError:  # the legacy getter can refuse after the new API was used
-        return False
-    mk = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
-    precision = getattr(mk, "fp32_precision", "none")
-    return precision in ("none", "ieee")
-
-
-def native_bf16_matmul() -> bool:
-    """True when this CPU multiplies bf16 matrices in hardware (AMX or AVX512-BF16): bf16 screening then pays."""
-    cpu = getattr(torch, "cpu", None)
-    for probe in ("_is_amx_tile_supported", "_is_avx512_bf16_supported"):
-        fn = getattr(cpu, probe, None)
-        try:
-            if fn is not None and fn():
-                return True
-        except RuntimeError:
-            continue
-    return False
-
-
-def _fast_norms(x: Tensor) -> Tensor:
-    """Float64 row norms (accurate to ~1e-16, not bit-reproducible across batch shapes: used for bounds only)."""
-    out = torch.empty(len(x), dtype=torch.float64)
-    step = max(1, (1 << 18) // max(x.shape[1], 1))
-    for a in range(0, len(x), step):
-        out[a : a + step] = torch.linalg.vector_norm(x[a : a + step], dim=1, dtype=torch.float64)
-    return out
-
-
-class _Prepared:
-    """Per-search precomputation: float64 norms, screening vectors' error terms, bound constants."""
-
-    def __init__(self, queries: Tensor, gallery: Tensor, distance: str, precision: str):
-        self.q, self.g, self.distance, self.precision = queries, gallery, distance, precision
-        self.d = d = queries.shape[1]
-        cosine = distance == "cosine"
-        # accurate float64 norms for screening and bounds; canonical (tree-sum) squared query norms for cosine
-        self.q_norm, self.g_norm = _fast_norms(queries), _fast_norms(gallery)
-        self.q_sq_canonical = row_sq_norms(queries) if cosine else None
-        self.q_inv = self._inverse(self.q_norm) if cosine else None
-        self.g_inv = self._inverse(self.g_norm) if cosine else None
-        if distance == "euclidean":
-            self.neg_gsq = (-self.g_norm.square()).float()
-        self.gamma = d * U32 / (1.0 - d * U32)
-        self.g_hat_max = float((self.g_norm > TINY_NORM).any()) if cosine else float(self.g_norm.max())
-        self.q_hat = (self.q_norm > TINY_NORM).double() if cosine else self.q_norm
-        # fp32 screening terms (analytic)
-        rel = _REL32 if cosine else 0.0
-        self.e32_g, self.b32_g = rel * self.g_hat_max, (1 + rel) * self.g_hat_max
-        self.ieee = _fp32_matmul_is_ieee()
-        if precision == "bf16":
-            e_g, b_g = self._measure_bf16(gallery, self.g_norm, self.g_inv)
-            self.e_g_max, self.b_g_max = float(e_g.max()), float(b_g.max())
-            self.e_q, self.b_q = self._measure_bf16(queries, self.q_norm, self.q_inv)
-
-    @staticmethod
-    def _inverse(norm: Tensor) -> Tensor:
-        ok = norm > TINY_NORM  # smaller norms count as zero vectors, as in the canonical cosine
-        return torch.where(ok, 1.0 / torch.where(ok, norm, 1.0), 0.0).float()
-
-    def prep32(self, x: Tensor, inv: Tensor | None, out: Tensor | None = None) -> Tensor:
-        """Screening vectors in fp32: normalised rows (cosine) or the rows themselves."""
-        if inv is None:
-            return x
-        return torch.mul(x, inv[:, None], out=out) if out is not None else x * inv[:, None]
-
-    def _measure_bf16(self, x: Tensor, norm: Tensor, inv: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Upper bounds of |x^ - bf16(x_s)| and |bf16(x_s)| for every row, from measured rounding errors.
-
-        ``x_s - bf16(x_s)`` is exact in fp32; its fp32 norm is inflated by ``1 + 2 d u32`` for the norm's own
-        rounding, plus ``sqrt(d) 2^-62`` for squares that underflow; the normalisation error ``|x^ - x_s|`` of
-        cosine adds ``(2 u32 + u32^2) |x^|``.
-        """
-        inflate = 1.0 + 2 * self.d * U32
-        floor = self.d**0.5 * 2.0**-62
-        rel = _REL32 if inv is not None else 0.0
-        e, b = torch.empty(len(x), dtype=torch.float64), torch.empty(len(x), dtype=torch.float64)
-        step = max(1, (1 << 20) // self.d)
-        for a in range(0, len(x), step):
-            xs = self.prep32(x[a : a + step], None if inv is None else inv[a : a + step])
-            xb = xs.bfloat16().float()
-            e[a : a + step] = torch.linalg.vector_norm(xs - xb, dim=1).double() * inflate + floor
-            b[a : a + step] = torch.linalg.vector_norm(xb, dim=1).double() * inflate + floor
-        if rel:
-            e += rel * (norm > TINY_NORM).double()
-        return e, b
-
-    # --- bounds ---------------------------------------------------------------------------------------
-    def score_error(self, qpos: Tensor, precision: str) -> Tensor:
-        """Per-query bound on |screening score - true score| (excluding the bf16 output rounding)."""
-        q_hat = self.q_hat[qpos]
-        if precision == "bf16":
-            e_q, b_q, e_g, b_g = self.e_q[qpos], self.b_q[qpos], self.e_g_max, self.b_g_max
-        else:
-            rel = _REL32 if self.distance == "cosine" else 0.0
-            e_q, b_q, e_g, b_g = rel * q_hat, (1 + rel) * q_hat, self.e32_g, self.b32_g
-        core = e_q * self.g_hat_max + b_q * e_g + self.gamma * b_q * b_g
-        if precision == "fp32" and not self.ieee:
-            core = core + 2.01 * U_BF16 * b_q * b_g
-        tiny = self.d * 2.0**-120 * (1 + b_q) * (1 + b_g)
-        err = SAFETY * core + tiny
-        if self.distance == "euclidean":
-            # score = 2 s - |g|^2: twice the dot error, |g|^2 rounded to fp32, the final fp32 addition
-            # (and for bf16 the output rounding of s, bounded globally here).
-            big = b_q * b_g * 1.01
-            extra = U32 * self.g_hat_max**2 * 1.01 + 2 * U32 * (2 * big + self.g_hat_max**2 * 1.01)
-            if precision == "bf16":
-                extra = extra + 2 * U_BF16_OUT * big
-            err = 2 * err + SAFETY * extra
-        return err
-
-    def lower_bound(self, qpos: Tensor, score: Tensor, precision: str) -> Tensor:
-        """Lower bound of the true distance (euclidean: squared) of any item whose screening score <= ``score``."""
-        score = score.double()
-        err = self.score_error(qpos, precision)
-        if score.dim() == 2:
-            err = err[:, None]
-        if self.distance == "euclidean":
-            qsq = self.q_norm[qpos].square() * (1 - 1e-14)
-            return (qsq[:, None] if score.dim() == 2 else qsq) - score - err
-        if precision == "bf16":
-            err = err + U_BF16_OUT * score.abs()
-        base = 1.0 if self.distance == "cosine" else 0.0
-        return base - score - err
-
-    def threshold(self, qpos: Tensor, dist: Tensor) -> Tensor:
-        """An upper bound of the true distance (euclidean: squared) of any item whose canonical distance <= ``dist``."""
-        dist = dist.double()
-        if self.distance == "cosine":
-            scale = torch.ones_like(dist)
-        elif self.distance == "inner_product":
-            scale = self.q_norm[qpos] * self.g_hat_max
-        else:
-            scale = self.q_norm[qpos] + self.g_hat_max
-        margin = 4 * U32 * dist.abs() + 64 * self.d * 2.0**-53 * scale + 1e-300
-        upper = dist + margin
-        return upper.square() if self.distance == "euclidean" else upper
-
-    def min_score(self, qpos: Tensor, dist: Tensor) -> Tensor:
-        """fp32 screening scores below the returned value cannot belong to items at canonical distance <= ``dist``."""
-        err = self.score_error(qpos, "fp32")
-        t = self.threshold(qpos, dist)
-        if self.distance == "euclidean":
-            x = self.q_norm[qpos].square() - err - t
-        else:
-            base = 1.0 if self.distance == "cosine" else 0.0
-            x = base - err - t
-        x32 = x.float()
-        return torch.where(x32.double() > x, torch.nextafter(x32, torch.tensor(-_INF)), x32)
-
-    def canonical(self, qpos: Tensor, gpos: Tensor) -> Tensor:
-        return pair_distances(self.q, self.g, qpos, gpos, self.distance, self.q_sq_canonical)
 
 
 def _merge_block(scores: Tensor, g0: int, best_s: Tensor, best_i: Tensor) -> None:
@@ -344,31 +150,20 @@ class ExactSearch(SearchBackend):
             f"query_chunk_size={self.query_chunk_size}, gallery_chunk_size={self.gallery_chunk_size})"
         )
 
-    @torch.no_grad()
-    def search(
-        self, queries: Tensor, gallery: Tensor, k: int, *, exclude: ExcludeSpec = None
-    ) -> tuple[Tensor, Tensor]:
+    def _empty_search(self, n_queries: int) -> None:
+        self.last_stats = {"queries": n_queries, "fallback": 0, "rescored": 0}
+
+    def _search(self, q: Tensor, g: Tensor, k: int, excl: Exclusion, gallery=None) -> tuple[Tensor, Tensor]:
         """Top-``k`` gallery positions and canonical distances per query, padded with ``(-1, +inf)``."""
-        q = as_embeddings(queries, "queries")
-        g = as_embeddings(gallery, "gallery")
-        k = check_k(k)
-        if q.shape[1] != g.shape[1]:
-            raise LookalikeError(
-                f"queries have dimension {q.shape[1]} but gallery has {g.shape[1]}: both must come from the "
-                "same extractor."
-            )
         nq, ng = len(q), len(g)
         distances = torch.full((nq, k), _INF)
         indices = torch.full((nq, k), -1, dtype=torch.int64)
         self.last_stats = {"queries": nq, "fallback": 0, "rescored": 0}
-        if nq == 0 or ng == 0:
-            return distances, indices
-        excl = Exclusion(exclude, nq, ng)
         precision = self.precision
         if precision == "auto":
             precision = "bf16" if native_bf16_matmul() and nq * ng >= AUTO_BF16_MIN_PAIRS else "fp32"
         self.last_stats["precision"] = precision
-        prep = _Prepared(q, g, self.distance, precision)
+        prep = ScreeningBounds(q, g, self.distance, precision)
         extra = self.extra_candidates
         if extra is None:  # fp32 screening is accurate to ~1e-5 unless torch runs fp32 matmuls in bf16/tf32
             extra = 8 if prep.precision == "fp32" and prep.ieee else max(32, k)
@@ -390,7 +185,7 @@ class ExactSearch(SearchBackend):
         return distances, indices
 
     # --- screening --------------------------------------------------------------------------------------
-    def _screen(self, prep: _Prepared, qpos: Tensor, K: int, excl: Exclusion) -> tuple[Tensor, Tensor]:
+    def _screen(self, prep: ScreeningBounds, qpos: Tensor, K: int, excl: Exclusion) -> tuple[Tensor, Tensor]:
         """Running top-``K`` screening scores (larger = closer; -inf = none) and gallery positions per query."""
         n, ng, d = len(qpos), len(prep.g), prep.d
         gc = min(self.gallery_chunk_size, ng)
@@ -429,7 +224,7 @@ class ExactSearch(SearchBackend):
                 _merge_block(S, g0, best_s[r0:r1], best_i[r0:r1])
         return best_s, best_i
 
-    def _rescore_and_verify(self, prep: _Prepared, qpos: Tensor, best_s: Tensor, best_i: Tensor, k: int):
+    def _rescore_and_verify(self, prep: ScreeningBounds, qpos: Tensor, best_s: Tensor, best_i: Tensor, k: int):
         """Canonical top-k among the candidates, and which queries the bound cannot certify.
 
         The k best-screened candidates are re-scored first; their worst canonical distance bounds the k-th, so
@@ -462,7 +257,7 @@ class ExactSearch(SearchBackend):
         return cand[:, :k], cand_i[:, :k], bad, kth
 
     # --- fallback -----------------------------------------------------------------------------------------
-    def _threshold_pass(self, prep: _Prepared, fpos: Tensor, kth: Tensor, k: int, excl: Exclusion):
+    def _threshold_pass(self, prep: ScreeningBounds, fpos: Tensor, kth: Tensor, k: int, excl: Exclusion):
         """Exact fp32 search for the queries ``fpos`` given an upper bound ``kth`` of their k-th distance.
 
         Every gallery item whose fp32 lower bound is not above ``kth`` is re-scored canonically and merged by

@@ -15,12 +15,10 @@ from torch import Tensor
 
 from lookalike.errors import LookalikeError
 from lookalike.retrieval.base import (
-    ExcludeSpec,
     Exclusion,
     SearchBackend,
     as_embeddings,
     check_distance,
-    check_k,
     sort_by_distance_then_index,
 )
 
@@ -138,28 +136,14 @@ class FaissSearch(SearchBackend):
             return index
 
     # --- search ----------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def search(
-        self, queries: Tensor, gallery: Tensor, k: int, *, exclude: ExcludeSpec = None
-    ) -> tuple[Tensor, Tensor]:
+    def _search(self, q: Tensor, g: Tensor, k: int, excl: Exclusion, gallery=None) -> tuple[Tensor, Tensor]:
         """Top-``k`` gallery positions and distances per query (faiss' own float32 distances), padded (-1, +inf)."""
-        q = as_embeddings(queries, "queries")
         key = _key_of(gallery)
-        g = as_embeddings(gallery, "gallery")
-        k = check_k(k)
-        if q.shape[1] != g.shape[1]:
-            raise LookalikeError(
-                f"queries have dimension {q.shape[1]} but gallery has {g.shape[1]}: both must come from the "
-                "same extractor."
-            )
         nq, ng = len(q), len(g)
         out_d = torch.full((nq, k), _INF)
         out_i = torch.full((nq, k), -1, dtype=torch.int64)
-        if nq == 0 or ng == 0:
-            return out_d, out_i
         if self.index is None or key is None or key != self._key:
             self._build(g, key)
-        excl = Exclusion(exclude, nq, ng)
         qx = self._vectors(q)
         if excl.empty:
             want = torch.full((nq,), min(k, ng), dtype=torch.int64)

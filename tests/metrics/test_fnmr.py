@@ -9,6 +9,7 @@ import torch
 from lookalike.errors import LookalikeError
 from lookalike.metrics import fnmr, fnmr_at_fmr
 from lookalike.retrieval import pair_distances
+from lookalike.retrieval.pairs import PairStream
 
 
 def test_hand_worked():
@@ -115,8 +116,8 @@ def test_full_bins_are_split_again(monkeypatch):
     monkeypatch.setattr(fnmr, "_BINS", 4)
     monkeypatch.setattr(fnmr, "_MAX_KEPT", 3)
     calls = []
-    original = fnmr._Pairs.blocks
-    monkeypatch.setattr(fnmr._Pairs, "blocks", lambda self: calls.append(1) or original(self))
+    original = PairStream.blocks
+    monkeypatch.setattr(PairStream, "blocks", lambda self: calls.append(1) or original(self))
     assert fnmr_at_fmr(emb, labels, is_query, is_gallery, FMRS) == expected
     assert len(calls) > 3  # more than pass 1 + pass 2
 
@@ -165,7 +166,7 @@ def near_ties(seed=0, n=240, dim=48):
 def test_screening_bound_holds_on_near_ties(distance):
     emb, labels, is_query, is_gallery = near_ties()
     flags = torch.ones(len(emb), dtype=torch.bool)
-    pairs = fnmr._Pairs(emb, torch.from_numpy(labels), flags, flags, None, distance, 1000, 1000)
+    pairs = PairStream(emb, torch.from_numpy(labels), flags, flags, None, distance, 1000, 1000)
     fast = pairs.fast_keys(0, len(emb), 0, len(emb)).double()
     qq, gg = torch.meshgrid(torch.arange(len(emb)), torch.arange(len(emb)), indexing="ij")
     canonical = pairs.canonical_keys(qq.reshape(-1), gg.reshape(-1)).reshape(len(emb), len(emb))

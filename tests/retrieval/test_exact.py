@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from lookalike.errors import LookalikeError
 from lookalike.retrieval import ExactSearch, Exclusion
-from lookalike.retrieval.exact import U_BF16_OUT, _Prepared
+from lookalike.retrieval.bounds import U_BF16_OUT, ScreeningBounds
 
 INF = float("inf")
 
@@ -122,7 +122,7 @@ def test_bf16_bound_covers_observed_error():
     g[:, ::2] += 100.0
     q[:, 1::2] -= 100.0
     for distance in ("cosine", "inner_product"):
-        prep = _Prepared(q, g, distance, "bf16")
+        prep = ScreeningBounds(q, g, distance, "bf16")
         qs = prep.prep32(q, prep.q_inv).bfloat16()
         gs = prep.prep32(g, prep.g_inv).bfloat16()
         observed = (qs @ gs.T).double()
