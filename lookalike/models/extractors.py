@@ -107,10 +107,9 @@ class TimmExtractor(Extractor):
 
     def __init__(self, model_name: str, *, pretrained: bool = False, embedding_dim: int | None = None,
                  pooling: str = "avg", normalise: bool = True, weights: Weights = None, **timm_kwargs) -> None:
-        try:
-            import timm
-        except ImportError:
-            raise LookalikeError("TimmExtractor needs timm: pip install 'lookalike[timm]'") from None
+        from lookalike.extras import require
+
+        timm = require("timm", "the timm extractor")
         if pooling not in POOLINGS:
             raise LookalikeError(unknown_choice("pooling", pooling, POOLINGS))
         if not timm.is_model(model_name.split(".")[0]):

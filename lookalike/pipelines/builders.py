@@ -153,6 +153,12 @@ def build_logger(cfg: Mapping, run_dir: Path):
     spec = {"name": spec["name"], "args": dict(spec.get("args") or {})}
     if spec["name"] == "wandb":
         spec["args"].setdefault("offline", True)
+    if spec["name"] == "mlflow" and not spec["args"].get("tracking_uri"):
+        # a store inside the run folder, offline; MLflow 3 keeps its file store only behind this opt-in
+        import os
+
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        spec["args"]["tracking_uri"] = f"file:{Path(run_dir) / 'mlruns'}"
     return build_component("logger", spec, save_dir=str(run_dir))
 
 

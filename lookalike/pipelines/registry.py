@@ -97,9 +97,11 @@ class Registry:
         if name in self._entries:
             entry = self._entries[name]
             if entry.requires and importlib.util.find_spec(entry.requires) is None:
+                from lookalike.extras import install_hint
+
                 raise ConfigError(
-                    f"{where}: {self.kind} {name!r} needs the package {entry.requires!r}, which is not installed; "
-                    f"install it (pip install {entry.requires}) or pick another {self.kind}."
+                    f"{where}: {self.kind} {name!r} needs the package {entry.requires!r}, which is not installed: "
+                    f"{install_hint(entry.requires)} (or pick another {self.kind})."
                 )
             return import_object(entry.target, f"{where} ({name!r} -> {entry.target})"), dict(entry.fixed)
         if ":" in name:

@@ -28,15 +28,10 @@ _INF = float("inf")
 
 
 def import_faiss() -> Any:
-    """Import faiss or raise a `LookalikeError` that says how to install it."""
-    try:
-        import faiss
-    except ImportError as e:  # pragma: no cover - depends on the environment
-        raise LookalikeError(
-            "The faiss backend needs the faiss package: pip install lookalike[faiss] (or faiss-gpu on a CUDA "
-            "machine), or use backend='exact'."
-        ) from e
-    return faiss
+    """Import faiss or raise a `LookalikeError` that names the extra to install."""
+    from lookalike.extras import require
+
+    return require("faiss", "the faiss backend (or use backend='exact'; faiss-gpu on a CUDA machine)")
 
 
 class FaissSearch(SearchBackend):
