@@ -76,7 +76,7 @@ def build_transforms(cfg: Mapping, which: str = "transforms_val") -> Callable:
 
 def build_extractor(cfg: Mapping):
     """The extractor of ``cfg['extractor']``, with weights from ``cfg['checkpoint']`` when it is set."""
-    extractor = build_component("extractor", cfg["extractor"])
+    extractor = build_component("extractor", cfg["extractor"], image_size=cfg["image_size"])
     if cfg.get("checkpoint"):
         load_extractor_weights(extractor, cfg["checkpoint"])
     return extractor

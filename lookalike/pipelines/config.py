@@ -223,7 +223,7 @@ SCHEMA: dict[str, Key] = {
 INFERRED_ARGS: dict[str, dict[str, str]] = {
     "transforms_train": {"image_size": "absent"},
     "transforms_val": {"image_size": "absent"},
-    "extractor": {},
+    "extractor": {"image_size": "absent"},  # models with a fixed input size (ViT) follow the config
     "sampler": {"labels": "owned", "label2category": "owned", "rank": "owned", "world_size": "owned",
                 "seed": "absent"},
     "criterion": {"in_features": "absent", "num_classes": "absent", "labels": "absent", "label2category": "auto"},
