@@ -83,7 +83,8 @@ def _format_default(p: inspect.Parameter) -> str:
 
 def registry_listing(kind: str | None = None) -> str:
     """Every registered component with its import path, arguments and defaults (importing each one)."""
-    from lookalike.pipelines.config import INFERRED_ARGS, shipped_configs
+    from lookalike.pipelines.config import shipped_configs
+    from lookalike.pipelines.config_schema import INFERRED_ARGS
     from lookalike.pipelines.registry import REGISTRIES, signature_without
 
     blocks: dict[str, list[str]] = {}

@@ -28,15 +28,14 @@ def validate(config: Mapping | str | Path | None = None, overrides: Iterable[str
 
     import lightning.pytorch as pl
 
-    from lookalike.pipelines import builders, loading
+    from lookalike.pipelines import builders
     from lookalike.pipelines.lightning_parts import ExtractorModule, MetricLearningData, finish_distributed
+    from lookalike.pipelines.loading import build_datasets
     from lookalike.pipelines.report import metrics_table
 
     pl.seed_everything(cfg["seed"], verbose=False)
-    table = loading.load_table(cfg)
-    origin = str(loading.dataset_root(cfg) / cfg["csv"])
-    val_table = loading.split_table(table, "validation", origin)
-    val_ds = loading.make_dataset(val_table, builders.build_transforms(cfg, "transforms_val"), cfg)
+    data = build_datasets(cfg, train=False)
+    val_ds, origin = data.val, data.origin
     extractor = builders.build_extractor(cfg)
     module = ExtractorModule(extractor, metrics=builders.build_metrics(cfg),
                              main_metric=cfg["metric_for_checkpointing"], channels_last=cfg["channels_last"])
