@@ -18,7 +18,12 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from lookalike.errors import ConfigError, suggest
-from lookalike.pipelines.config_checks import check_args, check_components, check_values, config_error
+from lookalike.pipelines.config_checks import (
+    check_args,
+    check_components,
+    check_values,
+    config_error,
+)
 from lookalike.pipelines.config_schema import (  # re-exported: the schema is part of this module's interface
     INFERRED_ARGS,
     NESTED_BLOCKS,
@@ -27,6 +32,7 @@ from lookalike.pipelines.config_schema import (  # re-exported: the schema is pa
     Key,
     schema_markdown,
 )
+from lookalike.pipelines.trust import RUN_CONFIG_HEADER, check_trust, foreign_imports
 
 __all__ = [
     "SCHEMA",
@@ -93,6 +99,9 @@ class ConfigSource:
     raw: dict
     origin: str
     run_dir: Path | None = None
+    #: False for a config a run wrote (a run folder's config.yaml, or a file with its header): it may come from
+    #: someone else, so its import paths are followed only when the user vouches for it (see ``trust``)
+    trusted: bool = True
 
 
 def read_config(config: Mapping | str | Path | None) -> ConfigSource:
@@ -121,14 +130,17 @@ def read_config(config: Mapping | str | Path | None) -> ConfigSource:
                 f"or a shipped config name: {', '.join(shipped)}."
             )
     try:
-        raw = yaml_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+        raw = yaml_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config {path}: not valid YAML: {exc}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path}: the top level must be a mapping of keys, got {type(raw).__name__}.")
-    return ConfigSource(raw, str(path), run_dir)
+    written_by_a_run = run_dir is not None or text.startswith(RUN_CONFIG_HEADER)
+    return ConfigSource(raw, str(path), run_dir.resolve() if run_dir is not None else None,
+                        trusted=not written_by_a_run)
 
 
 _KEY_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -191,9 +203,15 @@ def resolve_config(raw: Mapping, overrides: Iterable[str] = (), origin: str = "<
 
 
 def load_config(config: Mapping | str | Path | None, overrides: Iterable[str] = (), *,
-                pipeline: str = "train") -> tuple[dict, ConfigSource]:
-    """Read, override, schema-check and component-check a config for ``pipeline`` (train, validate, predict)."""
+                pipeline: str = "train", trust_config: bool = False) -> tuple[dict, ConfigSource]:
+    """Read, override, schema-check and component-check a config for ``pipeline`` (train, validate, predict).
+
+    Import paths (``name: module:attr``) of a config a run wrote are refused before anything is imported unless
+    ``trust_config``, the command line or ``LOOKALIKE_TRUSTED_IMPORTS`` vouches for them (see ``trust``)."""
+    overrides = list(overrides)
     source = read_config(config)
-    cfg = resolve_config(source.raw, list(overrides), source.origin)
+    cfg = resolve_config(source.raw, overrides, source.origin)
+    check_trust(cfg, trusted_source=source.trusted, origin=source.origin, trust_config=trust_config,
+                from_overrides=[path for _, path in foreign_imports(apply_overrides({}, overrides))])
     check_components(cfg, pipeline, source.origin)
     return cfg, source

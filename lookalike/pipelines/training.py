@@ -21,17 +21,18 @@ __all__ = ["train"]
 
 
 def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] = (), *,
-          resume: str | Path | bool | None = None) -> dict:
+          resume: str | Path | bool | None = None, trust_config: bool = False) -> dict:
     """Train an extractor from a config (dict, YAML path, shipped name or run folder) plus ``key=value`` overrides.
 
     ``resume``: a run folder or its ``.ckpt`` (or True with a run folder as ``config``) continues that run from its
-    last checkpoint with the optimizer, scheduler and sampler state. Returns ``{"run_dir", "metrics" (nested,
+    last checkpoint with the optimizer, scheduler and sampler state. ``trust_config``: follow the import paths of a
+    run folder's config (see docs/safety.md). Returns ``{"run_dir", "metrics" (nested,
     of the last validation), "metrics_flat", "initial_metrics", "best_checkpoint", "best_score",
     "last_checkpoint"}``.
     """
     quiet_lightning()
     config, run_dir, ckpt_path = _resume_point(config, resume)
-    cfg, _ = load_config(config, overrides, pipeline="train")
+    cfg, _ = load_config(config, overrides, pipeline="train", trust_config=trust_config)
 
     import lightning.pytorch as pl
 

@@ -15,15 +15,16 @@ from lookalike.pipelines.trainer import quiet_lightning, trainer_kwargs
 __all__ = ["validate"]
 
 
-def validate(config: Mapping | str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
+def validate(config: Mapping | str | Path | None = None, overrides: Iterable[str] = (), *,
+             trust_config: bool = False) -> dict:
     """Metrics of ``cfg['extractor']`` with weights ``cfg['checkpoint']`` on the validation split.
 
     ``config`` may be a run folder: its config.yaml is used and, unless ``checkpoint`` is set,
-    its checkpoints/best.ckpt. Returns ``{"metrics" (nested), "metrics_flat", "output_dir"}``.
+    its checkpoints/best.ckpt (``trust_config``: follow the import paths its config names). Returns ``{"metrics" (nested), "metrics_flat", "output_dir"}``.
     """
     quiet_lightning()
     overrides = list(overrides)
-    cfg, source = load_config(config, overrides, pipeline="validate")
+    cfg, source = load_config(config, overrides, pipeline="validate", trust_config=trust_config)
     default_checkpoint(cfg, source)
 
     import lightning.pytorch as pl
