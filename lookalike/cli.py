@@ -49,15 +49,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; user errors print `error: <message>` on stderr and return 2."""
-    args = build_parser().parse_args(argv)
+    """Run one command; user errors print `error: <message>` on stderr and return 2; Ctrl-C returns 130."""
+    from lookalike.pipelines.commands import parse_args
+
+    args = parse_args(build_parser(), argv)
     try:
         return int(args.handler(args))
     except LookalikeError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:  # a training run says how to continue it
+        print(f"interrupted: {interrupt}" if str(interrupt) else "interrupted", file=sys.stderr)
         return 130
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from lookalike.errors import CheckpointError, ConfigError, LookalikeError
-from lookalike.pipelines.config import INFERRED_ARGS, NESTED_BLOCKS
+from lookalike.pipelines.config_schema import INFERRED_ARGS, NESTED_BLOCKS
 from lookalike.pipelines.registry import REGISTRIES, import_object, signature_without
 
 __all__ = [

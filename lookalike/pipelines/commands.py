@@ -14,7 +14,7 @@ from typing import Sequence
 
 from lookalike.errors import ConfigError, LookalikeError
 
-__all__ = ["add_subcommands", "split_config_and_overrides", "registry_listing", "main"]
+__all__ = ["add_subcommands", "parse_args", "split_config_and_overrides", "registry_listing", "main"]
 
 _EXAMPLES = {
     "train": """examples:
@@ -47,6 +47,9 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE",
                         help="a YAML config, a shipped config name (default, triplet, arcface, category_balance) "
                              "or a run folder, then key=value overrides with dotted keys (values are YAML)")
+    parser.add_argument("--trust-config", action="store_true",
+                        help="follow import paths (name: module:attr) in a run folder's config.yaml; without it they "
+                             "are refused, since a shared run folder could name any code (docs/safety.md)")
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -55,7 +58,7 @@ def _run_train(args: argparse.Namespace) -> int:
     config, overrides = split_config_and_overrides(args.items)
     if args.resume is not None and config is None and args.resume is True:
         raise ConfigError("--resume needs a run folder: lookalike train --resume runs/<run>.")
-    train(config, overrides, resume=args.resume)
+    train(config, overrides, resume=args.resume, trust_config=args.trust_config)
     return 0
 
 
@@ -63,7 +66,7 @@ def _run_validate(args: argparse.Namespace) -> int:
     from lookalike.pipelines.validation import validate
 
     config, overrides = split_config_and_overrides(args.items)
-    validate(config, overrides)
+    validate(config, overrides, trust_config=args.trust_config)
     return 0
 
 
@@ -71,7 +74,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     from lookalike.pipelines.prediction import predict
 
     config, overrides = split_config_and_overrides(args.items)
-    predict(config, overrides)
+    predict(config, overrides, trust_config=args.trust_config)
     return 0
 
 
@@ -83,7 +86,8 @@ def _format_default(p: inspect.Parameter) -> str:
 
 def registry_listing(kind: str | None = None) -> str:
     """Every registered component with its import path, arguments and defaults (importing each one)."""
-    from lookalike.pipelines.config import INFERRED_ARGS, shipped_configs
+    from lookalike.pipelines.config import shipped_configs
+    from lookalike.pipelines.config_schema import INFERRED_ARGS
     from lookalike.pipelines.registry import REGISTRIES, signature_without
 
     blocks: dict[str, list[str]] = {}
@@ -149,17 +153,33 @@ def add_subcommands(subparsers) -> None:
     p.set_defaults(handler=_run_registry)
 
 
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """``parser.parse_args`` that also takes ``key=value`` overrides after an option (``train cfg.yaml --resume RUN
+    max_epochs=2``): argparse stops filling ``items`` at the first option, so later ones are appended here."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "items") and not any(x.startswith("-") for x in extra):
+            args.items = [*args.items, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point (``python -m lookalike.pipelines.commands``): user errors -> message, exit 2."""
+    """Standalone entry point (``python -m lookalike.pipelines.commands``): user errors -> message, exit 2;
+    Ctrl-C -> exit 130 (with the command that continues an interrupted training run)."""
     parser = argparse.ArgumentParser(prog="lookalike")
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_subcommands(subparsers)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         return int(args.handler(args))
     except LookalikeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"interrupted: {exc}" if str(exc) else "interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,52 +1,28 @@
-"""Lightning pieces of the pipelines: the module (extractor + criterion), the data module (P x K batches per
-rank), the per-epoch seeding callback that makes a resumed run equal an uninterrupted one, the run recorder
-(metrics JSON, history, worst-query pictures) and an atomic checkpoint writer.
+"""Lightning pieces of the pipelines: the module (extractor + criterion, validated with ``EmbeddingMetrics``) and
+the data module (P x K batches per rank, each epoch seeded so that a resumed run equals an uninterrupted one).
+The callbacks are in ``callbacks.py``, the checkpoint writer in ``checkpoint_io.py``.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import time
-import warnings
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from lookalike.data import schema
-from lookalike.io import atomic_path, write_json_atomic
+from lookalike.pipelines.report import flatten_metrics
 
 __all__ = [
     "finish_distributed",
     "ExtractorModule",
     "MetricLearningData",
     "EpochLoader",
-    "RunRecorder",
-    "TrainingClock",
-    "AtomicCheckpointIO",
-    "flatten_metrics",
     "epoch_seed",
 ]
-
-
-def flatten_metrics(results: Mapping, prefix: str = "") -> dict[str, float]:
-    """``{"OVERALL": {"cmc": {1: 0.5}}}`` -> ``{"OVERALL/cmc/1": 0.5}`` (tensors and numpy scalars as floats)."""
-    flat: dict[str, float] = {}
-    for key, value in results.items():
-        name = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
-            flat.update(flatten_metrics(value, name))
-        else:
-            try:
-                flat[name] = float(value)
-            except (TypeError, ValueError):
-                continue  # non-numeric extras (e.g. lists) are kept in the JSON only
-    return flat
 
 
 def finish_distributed(trainer: pl.Trainer, value: Any) -> Any:
@@ -166,16 +142,8 @@ class ExtractorModule(pl.LightningModule):
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         embeddings = self(batch[schema.INPUT_KEY]).float()
-        self.metrics.update(
-            embeddings=embeddings.detach(),
-            labels=batch[schema.LABEL_KEY],
-            is_query=batch[schema.IS_QUERY_KEY],
-            is_gallery=batch[schema.IS_GALLERY_KEY],
-            indices=batch[schema.INDEX_KEY],
-            categories=batch.get(schema.CATEGORY_KEY),
-            sequences=batch.get(schema.SEQUENCE_KEY),
-            paths=batch.get(schema.PATH_KEY),
-        )
+        # the metrics read the batch keys they are configured with (metric_args categories_key, sequences_key, ...)
+        self.metrics.update_from_batch(embeddings.detach(), batch)
 
     def on_validation_epoch_end(self) -> None:
         results = self.metrics.compute()
@@ -280,114 +248,3 @@ class EpochLoader(DataLoader):
     def __iter__(self):
         self.on_iter(self)
         return super().__iter__()
-
-
-class TrainingClock(pl.Callback):
-    """Counts training time (data, forward, backward, optimizer; not validation) across resumes, and stops
-    training inside an epoch once ``budget_minutes`` are spent. Time-to-accuracy curves use ``seconds``."""
-
-    def __init__(self, budget_minutes: float | None = None) -> None:
-        self.budget_s = None if budget_minutes is None else 60.0 * budget_minutes
-        self.seconds = 0.0
-        self._since: float | None = None
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._since = time.perf_counter()
-
-    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
-        if self._since is None:  # the first batch of a resumed epoch, or the first after a validation
-            self._since = time.perf_counter()
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        now = time.perf_counter()
-        self.seconds += now - self._since
-        self._since = now
-        if self.budget_s is not None:
-            spent = self.seconds >= self.budget_s
-            if trainer.world_size > 1:  # every rank stops on rank 0's clock, at the same step
-                spent = bool(trainer.strategy.broadcast(spent, src=0))
-            trainer.should_stop = trainer.should_stop or spent
-
-    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._since = None  # validation time is not training time
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._since = None
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"seconds": self.seconds}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.seconds = float(state_dict.get("seconds", 0.0))
-
-
-class RunRecorder(pl.Callback):
-    """Rank zero writes the metrics JSON of every validation, the per-epoch history, and worst-query pictures."""
-
-    def __init__(self, run_dir: Path, *, log_images: bool = False, n_worst_queries: int = 6,
-                 image_saver: Callable | None = None, clock: TrainingClock | None = None) -> None:
-        self.run_dir = Path(run_dir)
-        self.log_images = log_images
-        self.n_worst_queries = n_worst_queries
-        self.image_saver = image_saver
-        self.clock = clock
-        self.tag: str | None = None  # set by the pipeline for validations outside fit ("initial", "final")
-        self.history_path = self.run_dir / "history.json"
-        self.history: dict[str, dict] = {}
-
-    def load_history(self, before_epoch: int | None) -> None:
-        """Resume: keep the recorded epochs before ``before_epoch`` (a killed run may have written later ones)."""
-        import json
-
-        if self.history_path.is_file():
-            data = json.loads(self.history_path.read_text())
-            self.history = {k: v for k, v in data.items()
-                            if before_epoch is None or not k.isdigit() or int(k) < before_epoch}
-
-    def _entry(self, key: str) -> dict:
-        return self.history.setdefault(key, {})
-
-    def _write_history(self) -> None:
-        ordered = dict(sorted(self.history.items(), key=lambda kv: (not kv[0].isdigit(), kv[0].zfill(9))))
-        write_json_atomic(self.history_path, ordered)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: ExtractorModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero or pl_module.last_results is None:
-            return
-        key = self.tag or str(trainer.current_epoch)
-        stem = key if not key.isdigit() else f"epoch_{int(key):03d}"
-        payload = {"epoch": key, "global_step": trainer.global_step, "metrics": pl_module.last_results}
-        write_json_atomic(self.run_dir / "metrics" / f"{stem}.json", payload)
-        write_json_atomic(self.run_dir / "metrics.json", payload)
-        self._entry(key)["val"] = pl_module.last_flat
-        if self.clock is not None:
-            self._entry(key)["train_seconds"] = round(self.clock.seconds, 3)
-        self._write_history()
-        if self.log_images and self.image_saver is not None:
-            try:
-                self.image_saver(pl_module, self.run_dir / "images" / f"{stem}.png", trainer)
-            except Exception as exc:  # a picture must never kill a training run
-                warnings.warn(f"worst-query pictures failed: {type(exc).__name__}: {exc}", stacklevel=1)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
-        train = {}
-        for name, value in trainer.callback_metrics.items():
-            if name in ("loss_epoch",) or name.startswith("train/"):
-                train[name.replace("_epoch", "")] = float(value)
-        self._entry(str(trainer.current_epoch))["train"] = train
-        self._write_history()
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file in the same folder, then renames it into place."""
-
-    def save_checkpoint(self, checkpoint: dict, path, storage_options: Any | None = None) -> None:
-        path = Path(path)
-        with atomic_path(path, suffix=".ckpt.tmp") as tmp:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-
-    def remove_checkpoint(self, path) -> None:
-        if os.path.exists(path):
-            os.remove(path)

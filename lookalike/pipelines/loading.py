@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from lookalike.data import schema
 from lookalike.errors import ConfigError, DatasetError
 
-__all__ = ["dataset_root", "load_table", "split_table", "make_dataset", "label_to_category"]
+__all__ = ["dataset_root", "load_table", "split_table", "make_dataset", "label_to_category", "Datasets",
+           "build_datasets"]
 
 
 def dataset_root(cfg: Mapping) -> Path:
@@ -50,3 +52,27 @@ def make_dataset(table, transform, cfg: Mapping, *, cache: bool | None = None):
 def label_to_category(dataset: Any) -> dict | None:
     mapping = getattr(dataset, "label_to_category", None)
     return dict(mapping) if mapping else None
+
+
+@dataclass
+class Datasets:
+    """The datasets of a train or validate run: ``train`` is None for validation only."""
+
+    train: Any
+    val: Any
+    origin: str  # dataset_root/csv, for messages
+    label2category: dict | None = None
+
+
+def build_datasets(cfg: Mapping, *, train: bool) -> Datasets:
+    """The validation dataset (transforms_val) and, with ``train``, the training dataset (transforms_train) and
+    its label -> category map, from one load of ``dataset_root/csv``."""
+    from lookalike.pipelines.builders import build_transforms
+
+    table = load_table(cfg)
+    origin = str(dataset_root(cfg) / cfg["csv"])
+    train_ds = None
+    if train:
+        train_ds = make_dataset(split_table(table, "train", origin), build_transforms(cfg, "transforms_train"), cfg)
+    val_ds = make_dataset(split_table(table, "validation", origin), build_transforms(cfg, "transforms_val"), cfg)
+    return Datasets(train_ds, val_ds, origin, label_to_category(train_ds) if train_ds is not None else None)

@@ -31,10 +31,12 @@ def _source(cfg: Mapping):
     return image_source(cfg["predict_source"])
 
 
-def predict(config: Mapping | str | Path | None = None, overrides: Iterable[str] = ()) -> Path:
+def predict(config: Mapping | str | Path | None = None, overrides: Iterable[str] = (), *,
+            trust_config: bool = False) -> Path:
     """Embeddings of ``predict_source`` (a CSV with a ``path`` column or a folder; null = the dataset CSV) by
     the extractor with weights ``checkpoint``. Returns the output folder holding the embeddings store (one
-    embedding per manifest row), ``failed.csv`` (if any image failed) and the config. Runs on one device."""
+    embedding per manifest row), ``failed.csv`` (if any image failed) and the config. Runs on one device.
+    ``trust_config``: follow the import paths of a run folder's config (see docs/safety.md)."""
     import pandas as pd
 
     from lookalike.inference import Embedder
@@ -42,7 +44,7 @@ def predict(config: Mapping | str | Path | None = None, overrides: Iterable[str]
     from lookalike.store import EmbeddingsStore
 
     overrides = list(overrides)
-    cfg, source = load_config(config, overrides, pipeline="predict")
+    cfg, source = load_config(config, overrides, pipeline="predict", trust_config=trust_config)
     default_checkpoint(cfg, source)
     images = _source(cfg)
     embedder = Embedder(builders.build_extractor(cfg), builders.build_transforms(cfg, "transforms_val"),

@@ -7,26 +7,28 @@ from typing import Mapping
 
 from lookalike.io import atomic_path
 
-__all__ = ["metrics_table", "plot_history"]
+__all__ = ["flatten_metrics", "metrics_table", "plot_history"]
+
+
+def flatten_metrics(results: Mapping, prefix: str = "", sep: str = "/") -> dict[str, float]:
+    """``{"OVERALL": {"cmc": {1: 0.5}}}`` -> ``{"OVERALL/cmc/1": 0.5}`` (tensors and numpy scalars as floats)."""
+    flat: dict[str, float] = {}
+    for key, value in results.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, name, sep))
+        else:
+            try:
+                flat[name] = float(value)
+            except (TypeError, ValueError):
+                continue  # non-numeric extras (e.g. lists) are kept in the JSON only
+    return flat
 
 
 def metrics_table(results: Mapping[str, Mapping]) -> str:
     """One row per group (OVERALL first, then categories), one column per metric@k."""
-
-    def flat(d: Mapping, prefix: str = "") -> dict[str, float]:
-        out: dict[str, float] = {}
-        for k, v in d.items():
-            name = f"{prefix}@{k}" if prefix else str(k)
-            if isinstance(v, Mapping):
-                out.update(flat(v, name))
-            else:
-                try:
-                    out[name] = float(v)
-                except (TypeError, ValueError):
-                    pass
-        return out
-
-    rows = {str(group): flat(values) for group, values in results.items() if isinstance(values, Mapping)}
+    rows = {str(group): flatten_metrics(values, sep="@") for group, values in results.items()
+            if isinstance(values, Mapping)}
     columns: list[str] = []
     for values in rows.values():
         columns += [c for c in values if c not in columns]

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from lookalike.errors import CheckpointError, ConfigError
-from lookalike.pipelines.config import yaml_dump
 from lookalike.io import write_text_atomic
+from lookalike.pipelines.config import yaml_dump
+from lookalike.pipelines.trust import RUN_CONFIG_HEADER
 
 __all__ = ["RUN_DIR_ENV", "launched_rank", "new_run_dir", "resume_target", "save_config", "output_folder",
            "default_checkpoint", "extractor_identity"]
@@ -75,7 +76,7 @@ def resume_target(resume: str | Path) -> tuple[Path, Path]:
 
 def save_config(cfg: Mapping, path: Path) -> Path:
     """The full resolved config (defaults filled, overrides applied), written atomically."""
-    header = "# resolved config written by lookalike; re-run with: lookalike train <this file>\n"
+    header = f"{RUN_CONFIG_HEADER}; re-run with: lookalike train <this file>\n"
     return write_text_atomic(path, header + yaml_dump(dict(cfg)))
 
 

@@ -1,10 +1,14 @@
 """The training pipeline: config -> data, extractor, criterion, optimizer -> Lightning fit with periodic
-validation, best / last checkpoints, metrics JSON, curves; resumable from the last checkpoint."""
+validation, best / last checkpoints, metrics JSON, curves; resumable from the last checkpoint.
+
+``train()`` reads as its steps: find the resume point, load the config, build the datasets, the module, the
+run folder and its callbacks, the trainer; fit; report.
+"""
 
 from __future__ import annotations
 
 import os
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
@@ -14,6 +18,146 @@ from lookalike.pipelines.runs import RUN_DIR_ENV, launched_rank, new_run_dir, re
 from lookalike.pipelines.trainer import quiet_lightning, trainer_kwargs
 
 __all__ = ["train"]
+
+
+def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] = (), *,
+          resume: str | Path | bool | None = None, trust_config: bool = False) -> dict:
+    """Train an extractor from a config (dict, YAML path, shipped name or run folder) plus ``key=value`` overrides.
+
+    ``resume``: a run folder or its ``.ckpt`` (or True with a run folder as ``config``) continues that run from its
+    last checkpoint with the optimizer, scheduler and sampler state. ``trust_config``: follow the import paths of a
+    run folder's config (see docs/safety.md). Returns ``{"run_dir", "metrics" (nested,
+    of the last validation), "metrics_flat", "initial_metrics", "best_checkpoint", "best_score",
+    "last_checkpoint"}``.
+    """
+    quiet_lightning()
+    config, run_dir, ckpt_path = _resume_point(config, resume)
+    cfg, _ = load_config(config, overrides, pipeline="train", trust_config=trust_config)
+
+    import lightning.pytorch as pl
+
+    from lookalike.pipelines.loading import build_datasets
+
+    pl.seed_everything(cfg["seed"], workers=True, verbose=False)
+    data = build_datasets(cfg, train=True)
+    probe = _sampler_probe(cfg, data)
+    module = _build_module(cfg, data)
+    datamodule = _build_datamodule(cfg, data)
+    run = _prepare_run_folder(cfg, run_dir, data)
+    trainer = _build_trainer(cfg, run, _batches_per_epoch(cfg, data, probe))
+    initial = _fit(cfg, trainer, module, datamodule, run, ckpt_path)
+    return _report(cfg, trainer, module, run, initial)
+
+
+# --- steps -------------------------------------------------------------------------------------------------
+def _resume_point(config: Any, resume: Any) -> tuple[Any, Path | None, Path | None]:
+    """(config, run folder, checkpoint) of a resumed run; (config, None, None) for a new one."""
+    if not resume:
+        return config, None, None
+    if resume is True:
+        if not isinstance(config, (str, Path)) or not Path(config).is_dir():
+            raise ConfigError("resume=True needs a run folder as the config; or pass resume=<run folder>.")
+        resume = config
+    run_dir, ckpt_path = resume_target(resume)
+    return (run_dir if config is None else config), run_dir, ckpt_path
+
+
+def _sampler_probe(cfg: Mapping, data):
+    """The rank-0 batch sampler, built once so that an impossible P x K fails before any model is built."""
+    from lookalike.pipelines import builders
+
+    return builders.build_sampler(cfg, data.train.labels, data.label2category)
+
+
+def _build_module(cfg: Mapping, data):
+    """The LightningModule: extractor, criterion (sized from the extractor and the training labels), metrics,
+    optimizer and scheduler factories, the frozen-backbone warm-up."""
+    import torch
+
+    from lookalike.pipelines import builders
+    from lookalike.pipelines.lightning_parts import ExtractorModule
+
+    extractor = builders.build_extractor(cfg)
+    feat_dim = int(extractor.feat_dim)
+    criterion = builders.build_criterion(cfg, feat_dim, data.train.labels, data.label2category)
+    if not isinstance(criterion, torch.nn.Module):
+        raise ConfigError(f"criterion: {cfg['criterion']['name']} must be a torch.nn.Module with "
+                          "forward(features, labels).")
+    backbone = builders.backbone_of(extractor)
+    if cfg["freeze_backbone_epochs"] > 0 and backbone is extractor and not any(
+        True for _ in criterion.parameters()
+    ):
+        raise ConfigError("freeze_backbone_epochs: the extractor has no `backbone` part and the criterion has no "
+                          "parameters, so nothing would train while frozen; set freeze_backbone_epochs: 0.")
+    return ExtractorModule(
+        extractor,
+        criterion,
+        metrics=builders.build_metrics(cfg),
+        optimizer_factory=lambda params: builders.build_optimizer(cfg, params),
+        scheduler_factory=lambda opt: builders.build_scheduler(cfg, opt),
+        freeze_backbone_epochs=cfg["freeze_backbone_epochs"],
+        backbone=backbone,
+        main_metric=cfg["metric_for_checkpointing"],
+        channels_last=cfg["channels_last"],
+    )
+
+
+def _build_datamodule(cfg: Mapping, data):
+    from lookalike.pipelines import builders
+    from lookalike.pipelines.lightning_parts import MetricLearningData
+
+    def sampler_factory(rank: int, world: int):
+        return builders.build_sampler(cfg, data.train.labels, data.label2category, rank, world)
+
+    return MetricLearningData(
+        data.train,
+        data.val,
+        sampler_factory=sampler_factory if cfg["sampler"] is not None else None,
+        bs_train=cfg["bs_train"],
+        bs_val=cfg["bs_val"],
+        num_workers=cfg["num_workers"],
+        seed=cfg["seed"],
+    )
+
+
+@dataclass
+class _Run:
+    """The run folder and the callbacks that write into it."""
+
+    dir: Path
+    is_main: bool
+    clock: Any
+    recorder: Any
+    best: Any
+    last: Any
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.dir / "checkpoints"
+
+
+def _prepare_run_folder(cfg: Mapping, run_dir: Path | None, data) -> _Run:
+    """A new (or the resumed) run folder with its config, and the clock, recorder and checkpoint callbacks."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from lookalike.pipelines.callbacks import RunRecorder, TrainingClock
+
+    if run_dir is None:
+        run_dir = new_run_dir(cfg)
+    is_main = launched_rank() == 0
+    if is_main:
+        save_config(cfg, run_dir / "config.yaml")
+    ckpt_dir = run_dir / "checkpoints"
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg["metric_for_checkpointing"],
+                           mode=cfg["mode"], save_top_k=1, auto_insert_metric_name=False,
+                           enable_version_counter=False, save_on_train_epoch_end=False)
+    # "last" is the newest epoch-end state (monitor=None keeps the latest one), the file `--resume` continues from
+    last = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
+                           save_on_train_epoch_end=True, enable_version_counter=False)
+    clock = TrainingClock(cfg["max_minutes"])
+    recorder = RunRecorder(run_dir, log_images=cfg["log_images"], n_worst_queries=cfg["n_worst_queries"],
+                           image_saver=_image_saver(cfg, data.val), clock=clock)
+    return _Run(run_dir, is_main, clock, recorder, best, last)
 
 
 def _image_saver(cfg: Mapping, val_dataset):
@@ -29,125 +173,40 @@ def _image_saver(cfg: Mapping, val_dataset):
     return save
 
 
-def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] = (), *,
-          resume: str | Path | bool | None = None) -> dict:
-    """Train an extractor from a config (dict, YAML path, shipped name or run folder) plus ``key=value`` overrides.
-
-    ``resume``: a run folder or its ``.ckpt`` (or True with a run folder as ``config``) continues that run from its
-    last checkpoint with the optimizer, scheduler and sampler state. Returns ``{"run_dir", "metrics" (nested,
-    of the last validation), "metrics_flat", "initial_metrics", "best_checkpoint", "best_score",
-    "last_checkpoint"}``.
-    """
-    quiet_lightning()
-    ckpt_path = None
-    run_dir = None
-    if resume:
-        if resume is True:
-            if not isinstance(config, (str, Path)) or not Path(config).is_dir():
-                raise ConfigError("resume=True needs a run folder as the config; or pass resume=<run folder>.")
-            resume = config
-        run_dir, ckpt_path = resume_target(resume)
-        if config is None:
-            config = run_dir
-    cfg, source = load_config(config, overrides, pipeline="train")
-
-    import lightning.pytorch as pl
-    import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    from lookalike.pipelines import builders, loading
-    from lookalike.pipelines.lightning_parts import (
-        AtomicCheckpointIO,
-        ExtractorModule,
-        MetricLearningData,
-        RunRecorder,
-        TrainingClock,
-        finish_distributed,
-    )
-    from lookalike.pipelines.report import metrics_table, plot_history
-
-    pl.seed_everything(cfg["seed"], workers=True, verbose=False)
-
-    # --- data ---------------------------------------------------------------------------------------
-    table = loading.load_table(cfg)
-    origin = str(loading.dataset_root(cfg) / cfg["csv"])
-    train_table = loading.split_table(table, "train", origin)
-    val_table = loading.split_table(table, "validation", origin)
-    train_ds = loading.make_dataset(train_table, builders.build_transforms(cfg, "transforms_train"), cfg)
-    val_ds = loading.make_dataset(val_table, builders.build_transforms(cfg, "transforms_val"), cfg)
-    label2category = loading.label_to_category(train_ds)
-    probe = builders.build_sampler(cfg, train_ds.labels, label2category)  # fails early on an impossible P x K
-
-    # --- model ----------------------------------------------------------------------------------------
-    extractor = builders.build_extractor(cfg)
-    feat_dim = int(extractor.feat_dim)
-    criterion = builders.build_criterion(cfg, feat_dim, train_ds.labels, label2category)
-    if not isinstance(criterion, torch.nn.Module):
-        raise ConfigError(f"criterion: {cfg['criterion']['name']} must be a torch.nn.Module with "
-                          "forward(features, labels).")
-    backbone = builders.backbone_of(extractor)
-    if cfg["freeze_backbone_epochs"] > 0 and backbone is extractor and not any(
-        True for _ in criterion.parameters()
-    ):
-        raise ConfigError("freeze_backbone_epochs: the extractor has no `backbone` part and the criterion has no "
-                          "parameters, so nothing would train while frozen; set freeze_backbone_epochs: 0.")
-    module = ExtractorModule(
-        extractor,
-        criterion,
-        metrics=builders.build_metrics(cfg),
-        optimizer_factory=lambda params: builders.build_optimizer(cfg, params),
-        scheduler_factory=lambda opt: builders.build_scheduler(cfg, opt),
-        freeze_backbone_epochs=cfg["freeze_backbone_epochs"],
-        backbone=backbone,
-        main_metric=cfg["metric_for_checkpointing"],
-        channels_last=cfg["channels_last"],
-    )
-    datamodule = MetricLearningData(
-        train_ds,
-        val_ds,
-        sampler_factory=(lambda rank, world: builders.build_sampler(cfg, train_ds.labels, label2category,
-                                                                    rank, world))
-        if cfg["sampler"] is not None else None,
-        bs_train=cfg["bs_train"],
-        bs_val=cfg["bs_val"],
-        num_workers=cfg["num_workers"],
-        seed=cfg["seed"],
-    )
-
-    # --- run folder -------------------------------------------------------------------------------
-    if run_dir is None:
-        run_dir = new_run_dir(cfg)
-    is_main = launched_rank() == 0
-    if is_main:
-        save_config(cfg, run_dir / "config.yaml")
-        os.environ[RUN_DIR_ENV] = str(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg["metric_for_checkpointing"],
-                              mode=cfg["mode"], save_top_k=1, auto_insert_metric_name=False,
-                              enable_version_counter=False, save_on_train_epoch_end=False)
-    # "last" is the newest epoch-end state (monitor=None keeps the latest one), the file `--resume` continues from
-    last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1, every_n_epochs=1,
-                              save_on_train_epoch_end=True, enable_version_counter=False)
-    clock = TrainingClock(cfg["max_minutes"])
-    recorder = RunRecorder(run_dir, log_images=cfg["log_images"], n_worst_queries=cfg["n_worst_queries"],
-                           image_saver=_image_saver(cfg, val_ds), clock=clock)
-    n_batches = len(probe) if probe is not None else max(1, len(train_ds) // cfg["bs_train"])
+def _batches_per_epoch(cfg: Mapping, data, probe) -> int:
+    n_batches = len(probe) if probe is not None else max(1, len(data.train) // cfg["bs_train"])
     if isinstance(cfg["limit_train_batches"], int):
         n_batches = max(1, min(n_batches, cfg["limit_train_batches"]))
-    trainer = pl.Trainer(
+    return n_batches
+
+
+def _build_trainer(cfg: Mapping, run: _Run, n_batches: int):
+    import lightning.pytorch as pl
+
+    from lookalike.pipelines import builders
+    from lookalike.pipelines.checkpoint_io import AtomicCheckpointIO
+
+    return pl.Trainer(
         **trainer_kwargs(cfg),
         max_epochs=cfg["max_epochs"],
-        logger=builders.build_logger(cfg, run_dir),
-        callbacks=[clock, recorder, best_cb, last_cb],
+        logger=builders.build_logger(cfg, run.dir),
+        callbacks=[run.clock, run.recorder, run.best, run.last],
         check_val_every_n_epoch=cfg["valid_period"],
         limit_train_batches=cfg["limit_train_batches"],
         gradient_clip_val=cfg["gradient_clip_val"],
         log_every_n_steps=max(1, min(50, n_batches)),
-        default_root_dir=run_dir,
+        default_root_dir=run.dir,
         plugins=[AtomicCheckpointIO()],
     )
 
+
+def _fit(cfg: Mapping, trainer, module, datamodule, run: _Run, ckpt_path: Path | None) -> dict | None:
+    """Optional validation before training, the fit (from ``ckpt_path`` when resuming), and a validation after
+    the last epoch when the periodic ones skipped it. Returns the metrics before training (or None)."""
+    recorder = run.recorder
     initial = None
+    if run.is_main:
+        os.environ[RUN_DIR_ENV] = str(run.dir)  # DDP children re-run the script: they find the folder here
     try:
         if ckpt_path is None and cfg["validate_before_training"]:
             recorder.tag = "initial"
@@ -163,35 +222,38 @@ def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
             trainer.validate(module, datamodule=datamodule, verbose=False)
             recorder.tag = None
     finally:
-        if is_main:
+        if run.is_main:
             os.environ.pop(RUN_DIR_ENV, None)
-    run_dir = Path(finish_distributed(trainer, str(run_dir)))
+    return initial
 
+
+def _report(cfg: Mapping, trainer, module, run: _Run, initial: dict | None) -> dict:
+    """Closes the process group, draws the curves, prints the last validation; the result dict of ``train``."""
+    from lookalike.pipelines.lightning_parts import finish_distributed
+    from lookalike.pipelines.report import flatten_metrics, metrics_table, plot_history
+
+    run_dir = Path(finish_distributed(trainer, str(run.dir)))
     if trainer.is_global_zero:
-        plot_history(recorder.history, run_dir / "curves.png")
+        plot_history(run.recorder.history, run_dir / "curves.png")
         if module.last_results is not None:
-            print(f"\nvalidation after epoch {last_epoch + 1} ({run_dir}):\n{metrics_table(module.last_results)}")
+            print(f"\nvalidation after epoch {trainer.current_epoch} ({run_dir}):\n"
+                  f"{metrics_table(module.last_results)}")
             if initial is not None:
                 key = cfg["metric_for_checkpointing"]
-                before = module_flat(initial).get(key)
+                before = flatten_metrics(initial).get(key)
                 after = module.last_flat.get(key)
                 if before is not None and after is not None:
                     print(f"{key}: {before:.4f} before training -> {after:.4f}")
+    best = run.best
     return {
         "run_dir": run_dir,
         "metrics": module.last_results,
         "metrics_flat": dict(module.last_flat),
         "initial_metrics": initial,
-        "best_checkpoint": Path(best_cb.best_model_path) if best_cb.best_model_path else None,
-        "best_score": float(best_cb.best_model_score) if best_cb.best_model_score is not None else None,
-        "last_checkpoint": ckpt_dir / "last.ckpt",
+        "best_checkpoint": Path(best.best_model_path) if best.best_model_path else None,
+        "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
+        "last_checkpoint": run.checkpoints / "last.ckpt",
     }
-
-
-def module_flat(results: Mapping) -> dict[str, float]:
-    from lookalike.pipelines.lightning_parts import flatten_metrics
-
-    return flatten_metrics(results)
 
 
 def _checkpoint_epoch(ckpt_path: Path) -> int | None:

@@ -15,28 +15,28 @@ from lookalike.pipelines.trainer import quiet_lightning, trainer_kwargs
 __all__ = ["validate"]
 
 
-def validate(config: Mapping | str | Path | None = None, overrides: Iterable[str] = ()) -> dict:
+def validate(config: Mapping | str | Path | None = None, overrides: Iterable[str] = (), *,
+             trust_config: bool = False) -> dict:
     """Metrics of ``cfg['extractor']`` with weights ``cfg['checkpoint']`` on the validation split.
 
     ``config`` may be a run folder: its config.yaml is used and, unless ``checkpoint`` is set,
-    its checkpoints/best.ckpt. Returns ``{"metrics" (nested), "metrics_flat", "output_dir"}``.
+    its checkpoints/best.ckpt (``trust_config``: follow the import paths its config names). Returns ``{"metrics" (nested), "metrics_flat", "output_dir"}``.
     """
     quiet_lightning()
     overrides = list(overrides)
-    cfg, source = load_config(config, overrides, pipeline="validate")
+    cfg, source = load_config(config, overrides, pipeline="validate", trust_config=trust_config)
     default_checkpoint(cfg, source)
 
     import lightning.pytorch as pl
 
-    from lookalike.pipelines import builders, loading
+    from lookalike.pipelines import builders
     from lookalike.pipelines.lightning_parts import ExtractorModule, MetricLearningData, finish_distributed
+    from lookalike.pipelines.loading import build_datasets
     from lookalike.pipelines.report import metrics_table
 
     pl.seed_everything(cfg["seed"], verbose=False)
-    table = loading.load_table(cfg)
-    origin = str(loading.dataset_root(cfg) / cfg["csv"])
-    val_table = loading.split_table(table, "validation", origin)
-    val_ds = loading.make_dataset(val_table, builders.build_transforms(cfg, "transforms_val"), cfg)
+    data = build_datasets(cfg, train=False)
+    val_ds, origin = data.val, data.origin
     extractor = builders.build_extractor(cfg)
     module = ExtractorModule(extractor, metrics=builders.build_metrics(cfg),
                              main_metric=cfg["metric_for_checkpointing"], channels_last=cfg["channels_last"])

@@ -17,71 +17,7 @@ from lookalike.errors import ConfigError, LookalikeError
 from lookalike.pipelines import commands, predict, train, validate
 from lookalike.pipelines.config import read_config, resolve_config
 
-N_TRAIN_LABELS, N_VAL_LABELS, PER_LABEL, SIDE = 12, 8, 4, 32
-
-
-def _pattern(label: int, rng: np.random.Generator) -> np.ndarray:
-    """A label's look: a random 4 x 4 colour grid; instances add shifts and noise."""
-    base = np.random.default_rng(label).integers(0, 256, size=(4, 4, 3)).astype(np.float32)
-    big = np.kron(base, np.ones((SIDE // 4, SIDE // 4, 1), np.float32))
-    big = np.roll(big, shift=tuple(rng.integers(-3, 4, size=2)), axis=(0, 1))
-    return np.clip(big + rng.normal(0, 40, big.shape), 0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("synthetic")
-    (root / "images").mkdir()
-    rng = np.random.default_rng(0)
-    rows = []
-    for label in range(N_TRAIN_LABELS + N_VAL_LABELS):
-        split = "train" if label < N_TRAIN_LABELS else "validation"
-        for j in range(PER_LABEL):
-            path = f"images/{label:03d}_{j}.png"
-            Image.fromarray(_pattern(label, rng)).save(root / path)
-            val = split == "validation"
-            rows.append({"label": label, "path": path, "split": split, "is_query": val if val else None,
-                         "is_gallery": val if val else None, "category": "warm" if label % 2 else "cold"})
-    pd.DataFrame(rows).to_csv(root / "df.csv", index=False)
-    return root
-
-
-def tiny(dataset: Path, out: Path, **extra) -> list[str]:
-    """Overrides that shrink any config to the synthetic data, a small CNN and one short epoch."""
-    overrides = {
-        "dataset_root": str(dataset),
-        "output_dir": str(out),
-        "image_size": SIDE,
-        "extractor": "{name: small_cnn, args: {}}",
-        "max_epochs": 1,
-        "bs_val": 64,
-        "progress_bar": "false",
-        "logger": "null",
-        "accelerator": "cpu",
-        "precision": 32,
-        "num_workers": 0,
-    }
-    overrides.update(extra)
-    return [f"{k}={v}" for k, v in overrides.items()]
-
-
-TRIPLET = {
-    "extractor": {"name": "small_cnn", "args": {}},
-    "sampler": {"name": "balance", "args": {"n_labels": 4, "n_instances": 4}},
-    "criterion": {"name": "triplet_with_miner",
-                  "args": {"margin": 0.2, "miner": {"name": "hard_triplets", "args": {}}}},
-    "optimizer": {"name": "adamw", "args": {"lr": 1e-3}},
-}
-
-
-@pytest.fixture(scope="module")
-def trained(dataset, tmp_path_factory) -> dict:
-    """One short training run shared by the tests that inspect its outputs."""
-    out = tmp_path_factory.mktemp("runs")
-    return train(TRIPLET, tiny(dataset, out, max_epochs=2, logger="{name: csv}", run_name="shared",
-                               validate_before_training="true"))
+from tests.pipelines.conftest import N_TRAIN_LABELS, N_VAL_LABELS, PER_LABEL, TRIPLET, tiny
 
 
 def test_train_writes_a_complete_run_folder(trained, dataset):
@@ -295,3 +231,13 @@ def test_validate_with_a_postprocessor_and_its_bad_arguments(trained, tmp_path):
     assert 0.0 <= expanded["metrics_flat"]["OVERALL/cmc/1"] <= 1.0
     with pytest.raises(ConfigError, match="postprocessor.args.top: QueryExpansion has no argument 'top'"):
         validate(trained["run_dir"], common + ["postprocessor={name: query_expansion, args: {top: 8}}"])
+
+
+def test_metric_args_batch_keys_reach_the_metrics(trained, tmp_path):
+    """metric_args.categories_key is the batch key the metrics read: null turns the per-category rows off."""
+    common = ["progress_bar=false", "accelerator=cpu", f"output_dir={tmp_path}"]
+    with_categories = validate(trained["run_dir"], common + ["run_name=cats"])
+    assert {"OVERALL", "warm", "cold"} <= set(with_categories["metrics"])
+    without = validate(trained["run_dir"], common + ["run_name=nocats", "metric_args.categories_key=null"])
+    assert set(without["metrics"]) == {"OVERALL"}
+    assert without["metrics_flat"]["OVERALL/cmc/1"] == pytest.approx(with_categories["metrics_flat"]["OVERALL/cmc/1"])
