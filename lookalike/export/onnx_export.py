@@ -50,10 +50,10 @@ def check_output_path(path: str | os.PathLike) -> Path:
     """The export target, refused before any work if it cannot be written: not ``.onnx``, a folder, or in a
     folder that cannot be created or written to."""
     path = Path(path).expanduser()
-    if path.suffix != ".onnx":
-        raise ExportError(f"out={path}: the file name must end in .onnx (e.g. {path.with_suffix('.onnx').name}).")
     if path.is_dir():
         raise ExportError(f"out={path} is a folder; give a file name, e.g. out={path / 'model.onnx'}.")
+    if path.suffix != ".onnx":
+        raise ExportError(f"out={path}: the file name must end in .onnx (e.g. {path.with_suffix('.onnx').name}).")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
