@@ -19,7 +19,8 @@ from lookalike.export.errors import ExportError, ParityError, require
 from lookalike.export.metadata import (INPUT_NAME, OUTPUT_NAME, OnnxMetadata, metadata_path, parity_path,
                                        preprocess_transform)
 from lookalike.export.parity import DEFAULT_SAMPLES, PARITY_BATCH, ParityReport, check_parity, sample_source
-from lookalike.io import atomic_path, write_json_atomic
+from lookalike.io import atomic_path
+from lookalike.io import write_json_atomic
 
 __all__ = ["EXPORTERS", "to_onnx", "default_parity_source"]
 

@@ -157,12 +157,20 @@ def test_unwritable_outputs_fail_before_any_work(tmp_path):
 
 
 def test_a_failing_write_leaves_no_half_written_file(tmp_path, monkeypatch):
+    import contextlib
+
     import lookalike.export.onnx_export as mod
 
-    def disk_full(*args, **kwargs):
-        raise OSError(28, "No space left on device")
+    real = mod.atomic_path
 
-    monkeypatch.setattr(mod.os, "replace", disk_full)
+    @contextlib.contextmanager
+    def disk_full(path, suffix=""):
+        with real(path, suffix) as tmp:  # the real temporary file, then the disk fills up
+            tmp.write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+            yield tmp
+
+    monkeypatch.setattr(mod, "atomic_path", disk_full)
     with pytest.raises(ExportError, match="writing failed \\(No space left on device\\); nothing was replaced"):
         to_onnx(tiny_cnn(), tmp_path / "m.onnx", image_size=SIZE, parity_samples=4, verbose=False, **STATS)
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.json").exists()
