@@ -7,7 +7,7 @@ and run through ``OnnxModel``; the torch sides run through ``lookalike.inference
 torch and onnxruntime use the same number of threads. Per cell: one warm-up call, then calls until
 --seconds have passed (at least --min-calls). Bounded: about 3-5 minutes on a 2-core CPU.
 
-    .venv/bin/python benchmarks/bench_inference.py [--threads 2] [--seconds 2] [--record]
+    .venv/bin/python benchmarks/bench_inference.py [--threads 2] [--seconds 2] [--min-calls 2] [--record]
 
 --record rewrites this script's section of RESULTS.md.
 """
@@ -117,7 +117,7 @@ def main() -> None:
 
     lines = [SECTION, "",
              f"Command: `.venv/bin/python benchmarks/bench_inference.py --threads {args.threads} --seconds "
-             f"{args.seconds:g}{' --record' if args.record else ''}`  ",
+             f"{args.seconds:g} --min-calls {args.min_calls}{' --record' if args.record else ''}`  ",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, bf16 units: {bf16_units()}; {args.threads} "
              f"threads for torch and onnxruntime; torch {torch.__version__}, onnxruntime "
              f"{__import__('onnxruntime').__version__}; {time.strftime('%Y-%m-%d')}; whole run {total:.0f} s.  ",
