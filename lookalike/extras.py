@@ -12,7 +12,7 @@ from types import ModuleType
 
 from lookalike.errors import LookalikeError
 
-__all__ = ["EXTRAS", "MissingExtraError", "require", "extra_of", "install_hint", "is_available"]
+__all__ = ["EXTRAS", "MissingExtraError", "require", "require_all", "extra_of", "install_hint", "is_available"]
 
 #: importable module -> the lookalike extra that installs it (pyproject.toml [project.optional-dependencies])
 EXTRAS: dict[str, str] = {
@@ -63,3 +63,18 @@ def require(module: str, feature: str) -> ModuleType:
         missing = getattr(exc, "name", None) or module
         raise MissingExtraError(f"{feature} needs the package {missing.split('.')[0]!r}, which is not installed: "
                                 f"{install_hint(missing)}") from None
+
+
+def require_all(*modules: str, feature: str, error: type[LookalikeError] = MissingExtraError) -> list[ModuleType]:
+    """Import every module of ``modules``; one error naming all the missing ones and the extras that install them."""
+    imported, missing = [], []
+    for module in modules:
+        try:
+            imported.append(importlib.import_module(module))
+        except ImportError:
+            missing.append(module)
+    if missing:
+        hints = ", ".join(dict.fromkeys(install_hint(m) for m in missing))
+        raise error(f"{feature} needs {', '.join(repr(m) for m in missing)}, which "
+                    f"{'is' if len(missing) == 1 else 'are'} not installed: {hints}")
+    return imported

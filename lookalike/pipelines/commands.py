@@ -1,4 +1,4 @@
-"""CLI subcommands of the pipelines: ``train``, ``validate``, ``predict`` and ``registry``.
+"""CLI subcommands of the pipelines: ``train``, ``validate``, ``predict``, ``export`` and ``registry``.
 
 ``lookalike/cli.py`` wires them in with ``add_subcommands(subparsers)``; each handler is stored as the parser
 default ``handler``, takes the parsed namespace, returns an exit code and raises ``LookalikeError`` for user
@@ -27,7 +27,11 @@ _EXAMPLES = {
   lookalike validate my.yaml checkpoint=runs/x/checkpoints/best.ckpt""",
     "predict": """examples:
   lookalike predict runs/2024-05-01_10-00-00 predict_source=photos/      # a folder of images
-  lookalike predict my.yaml checkpoint=best.ckpt predict_source=items.csv # a CSV with a path column""",
+  lookalike predict my.yaml checkpoint=best.ckpt predict_source=items.csv # a CSV with a path column
+  lookalike predict runs/2024-05-01_10-00-00 runtime=onnx predict_source=photos/  # its exported ONNX file""",
+    "export": """examples:
+  lookalike export runs/2024-05-01_10-00-00                    # -> runs/.../export/model.onnx (+ .json files)
+  lookalike export runs/2024-05-01_10-00-00 out=model.onnx opset=18 exporter=torchscript samples=128""",
 }
 
 
@@ -75,6 +79,14 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     config, overrides = split_config_and_overrides(args.items)
     predict(config, overrides, trust_config=args.trust_config)
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from lookalike.pipelines.exporting import export
+
+    config, overrides = split_config_and_overrides(args.items)
+    export(config, overrides)
     return 0
 
 
@@ -127,7 +139,7 @@ def _run_registry(args: argparse.Namespace) -> int:
 
 
 def add_subcommands(subparsers) -> None:
-    """Adds train, validate, predict and registry to an argparse subparsers object."""
+    """Adds train, validate, predict, export and registry to an argparse subparsers object."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser("train", help="train an extractor from a config", epilog=_EXAMPLES["train"],
                               formatter_class=fmt)
@@ -145,6 +157,13 @@ def add_subcommands(subparsers) -> None:
                               epilog=_EXAMPLES["predict"], formatter_class=fmt)
     _add_config_args(p)
     p.set_defaults(handler=_run_predict)
+
+    p = subparsers.add_parser("export", help="export a run's best checkpoint to ONNX, checked against torch",
+                              epilog=_EXAMPLES["export"], formatter_class=fmt)
+    p.add_argument("items", nargs="*", metavar="RUN|KEY=VALUE",
+                   help="a run folder (or config), then format=onnx, out=FILE.onnx, opset=N, "
+                        "exporter=dynamo|torchscript, samples=N and any config overrides")
+    p.set_defaults(handler=_run_export)
 
     p = subparsers.add_parser("registry", help="list the components a config can name, with their arguments")
     p.add_argument("kind", nargs="?", default=None,

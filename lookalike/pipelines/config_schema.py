@@ -157,6 +157,11 @@ SCHEMA: dict[str, Key] = {
         _k("output_dir", (STR,), "runs", "folder holding run folders", section="output"),
         _k("run_name", (STR, NULL), None, "run folder name inside output_dir; null = a timestamp", section="output"),
         _k("progress_bar", (BOOL,), True, "show progress bars", section="output"),
+        # inference runtime (lookalike export writes the ONNX file)
+        _k("runtime", (STR,), "torch", "predict: run the extractor in torch, or its exported ONNX file in "
+           "onnxruntime", choices=("torch", "onnx"), section="inference"),
+        _k("onnx_model", (STR, NULL), None,
+           "runtime onnx: the .onnx file; null = <run folder>/export/model.onnx", section="inference"),
     ]
 }
 

@@ -11,7 +11,7 @@ from typing import Iterable, Mapping
 from lookalike.data import schema
 from lookalike.io import atomic_path
 from lookalike.pipelines.config import load_config
-from lookalike.pipelines.runs import default_checkpoint, extractor_identity, output_folder, save_config
+from lookalike.pipelines.runs import output_folder, save_config
 
 __all__ = ["predict"]
 
@@ -35,21 +35,18 @@ def predict(config: Mapping | str | Path | None = None, overrides: Iterable[str]
             trust_config: bool = False) -> Path:
     """Embeddings of ``predict_source`` (a CSV with a ``path`` column or a folder; null = the dataset CSV) by
     the extractor with weights ``checkpoint``. Returns the output folder holding the embeddings store (one
-    embedding per manifest row), ``failed.csv`` (if any image failed) and the config. Runs on one device.
+    embedding per manifest row), ``failed.csv`` (if any image failed) and the config. Runs on one device;
+    ``runtime: onnx`` runs the exported file ``onnx_model`` in onnxruntime instead (``lookalike export``).
     ``trust_config``: follow the import paths of a run folder's config (see docs/safety.md)."""
     import pandas as pd
 
-    from lookalike.inference import Embedder
-    from lookalike.pipelines import builders
+    from lookalike.pipelines.embedders import build_embedder
     from lookalike.store import EmbeddingsStore
 
     overrides = list(overrides)
     cfg, source = load_config(config, overrides, pipeline="predict", trust_config=trust_config)
-    default_checkpoint(cfg, source)
+    embedder, identity = build_embedder(cfg, source)
     images = _source(cfg)
-    embedder = Embedder(builders.build_extractor(cfg), builders.build_transforms(cfg, "transforms_val"),
-                        device=cfg["accelerator"], precision=cfg["precision"], channels_last=cfg["channels_last"],
-                        batch_size=cfg["bs_val"], num_workers=cfg["num_workers"])
     result = embedder.embed_source(images, progress=cfg["progress_bar"])
 
     table, ids, rows = images.table, images.ids, result.rows.tolist()
@@ -58,7 +55,7 @@ def predict(config: Mapping | str | Path | None = None, overrides: Iterable[str]
     for column in (c for c in table.columns if c not in (schema.PATH, "id", "row")):
         manifest[column] = table[column].iloc[rows].to_numpy()
     header = {"distance": cfg["metric_args"].get("distance", "cosine") if cfg.get("metric_args") else "cosine",
-              "extractor": extractor_identity(cfg), "source": images.origin}
+              "extractor": identity, "source": images.origin}
     out_dir = output_folder(cfg, source, "predictions", overrides)
     EmbeddingsStore(result.embeddings, manifest, header).save(out_dir)
 

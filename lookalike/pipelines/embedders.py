@@ -1,0 +1,63 @@
+"""The Embedder a pipeline runs, from the config: the torch extractor (``runtime: torch``, its checkpoint and
+validation transforms) or an exported ONNX file in onnxruntime (``runtime: onnx``, the preprocessing recorded in
+the file). Prediction uses it; the index and the search service take the same two keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping
+
+from lookalike.errors import ConfigError
+from lookalike.pipelines.runs import default_checkpoint, extractor_identity
+
+__all__ = ["DEFAULT_ONNX_NAME", "onnx_model_path", "build_embedder"]
+
+#: where ``lookalike export <run folder>`` writes, inside the run folder
+DEFAULT_ONNX_NAME = Path("export") / "model.onnx"
+
+
+def onnx_model_path(cfg: Mapping, source) -> Path:
+    """``cfg['onnx_model']``, else ``<run folder>/export/model.onnx`` when the config came from a run folder."""
+    if cfg.get("onnx_model"):
+        path = Path(cfg["onnx_model"]).expanduser()
+    elif source.run_dir is not None:
+        path = Path(source.run_dir) / DEFAULT_ONNX_NAME
+    else:
+        raise ConfigError("runtime: onnx needs onnx_model: <file.onnx> (or a run folder holding export/model.onnx).")
+    if not path.is_file():
+        hint = f"lookalike export {source.run_dir}" if source.run_dir is not None else "lookalike export <run folder>"
+        raise ConfigError(f"onnx_model: {str(path)!r} not found; export the run first ({hint}) or set "
+                          "onnx_model to an exported .onnx file.")
+    return path.resolve()
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def build_embedder(cfg: dict, source):
+    """``(Embedder, identity)`` for ``cfg['runtime']``; identity says what made the embeddings: the extractor
+    block, checkpoint and its SHA-256 (for ``onnx``: those recorded at export, plus the file and its SHA-256)."""
+    from lookalike.inference import Embedder
+    from lookalike.pipelines import builders
+
+    if cfg.get("runtime", "torch") == "onnx":
+        from lookalike.export import onnx_embedder
+
+        path = onnx_model_path(cfg, source)
+        embedder = onnx_embedder(path, batch_size=cfg["bs_val"], num_workers=cfg["num_workers"])
+        meta = embedder.model.metadata
+        identity = {**(meta.source if meta is not None else {}),
+                    "runtime": "onnx", "onnx_model": str(path), "onnx_sha256": _sha256(path)}
+        return embedder, identity
+    default_checkpoint(cfg, source)
+    embedder = Embedder(builders.build_extractor(cfg), builders.build_transforms(cfg, "transforms_val"),
+                        device=cfg["accelerator"], precision=cfg["precision"], channels_last=cfg["channels_last"],
+                        batch_size=cfg["bs_val"], num_workers=cfg["num_workers"])
+    return embedder, extractor_identity(cfg)
