@@ -110,6 +110,9 @@ def _field_count_problem(csv_path: Path) -> str | None:
 
 
 def _read_csv(root: Path, csv: str | os.PathLike) -> tuple[Path, pd.DataFrame]:
+    if root.is_file():
+        raise DatasetError(f"dataset root {root} is a file, but a folder is expected: pass the folder that holds "
+                           f"the CSV and the images (here probably {root.parent}), and the CSV's name with --csv")
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} is not a folder; pass the folder that holds the CSV and images")
     csv_path = Path(csv) if Path(csv).is_absolute() else root / csv
@@ -145,16 +148,56 @@ def _read_csv(root: Path, csv: str | os.PathLike) -> tuple[Path, pd.DataFrame]:
     return csv_path, table
 
 
-def _check_labels(table: pd.DataFrame, problems: _Problems) -> np.ndarray:
+def _exact_integer(text: str) -> int | None:
+    """The integer a cell spells exactly ("4611686018427387904", "7.0"), else None (for values past 2**53)."""
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        import decimal
+
+        value = decimal.Decimal(text)
+    except (ArithmeticError, ValueError):
+        return None
+    return int(value) if value.is_finite() and value == value.to_integral_value() else None
+
+
+def _check_labels(table: pd.DataFrame, problems: _Problems) -> tuple[np.ndarray, np.ndarray]:
+    """(labels as int64 with -1 where invalid, the invalid mask); the distinct spellings are parsed once."""
     raw = table[schema.LABEL]
-    numbers = pd.to_numeric(raw, errors="coerce").astype(float)
+    codes, uniques = pd.factorize(raw)  # a missing cell gets code -1
+    text = pd.Series([str(u) for u in uniques], dtype=object)
+    numbers = pd.to_numeric(text, errors="coerce").astype(float).to_numpy()
+    values = np.full(len(uniques), -1, dtype=np.int64)
     with np.errstate(invalid="ignore"):
-        bad = numbers.isna() | ~np.isfinite(numbers) | (numbers != np.floor(numbers)) | (numbers.abs() > 2**53)
+        small = np.isfinite(numbers) & (numbers == np.floor(numbers)) & (np.abs(numbers) <= 2**53)
+    values[small] = numbers[small].astype(np.int64)
+    ok = small.copy()
+    out_of_range = np.zeros(len(uniques), dtype=bool)
+    for i in np.flatnonzero(~small & np.isfinite(numbers)):  # beyond 2**53 floats are inexact: parse exactly
+        exact = _exact_integer(text[i])
+        if exact is None:
+            continue
+        if -(2**63) <= exact < 2**63:
+            values[i], ok[i] = exact, True
+        else:
+            out_of_range[i] = True
+    ok_rows = np.append(ok, False)[codes]
+    range_rows = np.append(out_of_range, False)[codes]
+    bad = ~ok_rows & ~range_rows
     if bad.any():
         examples = _examples(repr(v) for v in raw[bad].fillna("").head(_SHOWN))
         problems.add(f"column 'label': {int(bad.sum())} value(s) are missing or not integers at {_lines(bad)} "
                      f"(values: {examples}); every row needs an integer label id: map names to integers first.")
-    return numbers.where(~bad, -1).to_numpy().astype(np.int64)
+    if range_rows.any():
+        examples = _examples(repr(v) for v in raw[range_rows].head(_SHOWN))
+        problems.add(f"column 'label': {int(range_rows.sum())} value(s) do not fit in a 64-bit integer at "
+                     f"{_lines(range_rows)} (values: {examples}); use label ids between -2**63 and 2**63 - 1 "
+                     "(e.g. renumber them 0, 1, 2, ...).")
+    labels = np.append(values, -1)[codes]
+    return labels, ~ok_rows
 
 
 def _check_split(table: pd.DataFrame, problems: _Problems) -> np.ndarray:
@@ -199,7 +242,7 @@ def _check_query_gallery(table: pd.DataFrame, split: np.ndarray, problems: _Prob
     return flags[schema.IS_QUERY] & val, flags[schema.IS_GALLERY] & val
 
 
-def _check_categories(table: pd.DataFrame, labels: np.ndarray, problems: _Problems) -> None:
+def _check_categories(table: pd.DataFrame, labels: np.ndarray, bad_labels: np.ndarray, problems: _Problems) -> None:
     if schema.CATEGORY not in table.columns:
         return
     category = table[schema.CATEGORY]
@@ -207,7 +250,9 @@ def _check_categories(table: pd.DataFrame, labels: np.ndarray, problems: _Proble
     if empty.any():
         problems.add(f"column 'category': {int(empty.sum())} empty cell(s) at {_lines(empty)}; give every row a "
                      "category (or drop the column).")
-    per_label = pd.DataFrame({"label": labels, "category": category}).dropna().groupby("label")["category"]
+    # rows whose label is invalid (already reported) have no label to check: leave them out
+    per_label = (pd.DataFrame({"label": labels, "category": category})[~bad_labels].dropna()
+                 .groupby("label")["category"])
     n_categories = per_label.nunique()
     mixed = n_categories[n_categories > 1].index
     if len(mixed):
@@ -246,8 +291,12 @@ def _check_bboxes(table: pd.DataFrame, problems: _Problems) -> np.ndarray | None
         problems.add(f"bounding box columns: x_1 >= x_2 or y_1 >= y_2 at {_lines(inverted)}; x_1 < x_2 and "
                      "y_1 < y_2 are the left/right and top/bottom edges in pixels.")
     if negative.any():
-        problems.add(f"bounding box columns: negative coordinates at {_lines(negative)}; pixel coordinates "
-                     "start at 0.")
+        with np.errstate(invalid="ignore"):
+            below = complete[:, None] & (box < 0)
+        details = "; ".join(f"{column} at {_lines(below[:, i])}" for i, column in enumerate(schema.BBOX_COLUMNS)
+                            if below[:, i].any())
+        problems.add(f"bounding box columns: negative coordinates in {details}; pixel coordinates start at 0 "
+                     "(x from the left edge, y from the top edge).")
     box[~complete | inverted | negative] = np.nan
     return box
 
@@ -356,11 +405,11 @@ def _validate(root: str | os.PathLike, csv: str | os.PathLike, check_images: str
     root = Path(root).expanduser().absolute()
     csv_path, table = _read_csv(root, csv)
     problems = _Problems(csv_path)
-    labels = _check_labels(table, problems)
+    labels, bad_labels = _check_labels(table, problems)
     split = _check_split(table, problems)
     is_query, is_gallery = _check_query_gallery(table, split, problems)
     flags_ok = not problems.items  # the query/gallery check needs sound labels, splits and flags
-    _check_categories(table, labels, problems)
+    _check_categories(table, labels, bad_labels, problems)
     bbox = _check_bboxes(table, problems)
     paths = _resolve_paths(table, root, problems)
     report = _check_images(paths, bbox, check_images, problems, max_pixels=max_pixels, cache=check_cache,
