@@ -20,6 +20,7 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from lookalike.data.images import read_image, to_rgb_array  # noqa: E402
+from lookalike.errors import ArgumentError  # noqa: E402
 from lookalike.metrics.functional import has_relevant, worst_queries  # noqa: E402
 from lookalike.retrieval import RetrievalResults, factorize_sequences  # noqa: E402
 
@@ -107,7 +108,8 @@ def plot_retrieval(query_image: Any, retrieved_images: Sequence, is_relevant: Se
                         ("missed_relevant_images", missed_relevant_images), ("distances", distances),
                         ("query_titles", query_titles), ("missed_titles", missed_titles)):
         if value is not None and len(value) != n_rows:
-            raise ValueError(f"plot_retrieval: {name} has {len(value)} rows for {n_rows} queries")
+            raise ArgumentError(f"plot_retrieval: {name} has {len(value)} rows for {n_rows} queries; pass one row "
+                                f"per query image")
     n_top = max((len(r) for r in retrieved_images), default=0)
     n_missed = max((len(m) for m in missed_relevant_images), default=0)
     columns = 1 + n_top + n_missed
