@@ -21,8 +21,9 @@ def _run_check_data(args: argparse.Namespace) -> int:
     summary = check_dataset(
         args.dataset_root,
         args.csv,
-        check_images="decode" if args.decode else "exists",
+        check_images="decode" if args.decode else args.images,
         queries_without_gallery="drop" if args.drop_queries_without_gallery else "error",
+        max_pixels="default" if args.max_pixels is None else (args.max_pixels or None),
     )
     print(format_summary(summary))
     return 0
@@ -37,7 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = subparsers.add_parser("check-data", help="validate a dataset CSV and its images")
     check.add_argument("dataset_root", help="folder holding the CSV (paths in it are relative to this folder)")
     check.add_argument("--csv", default="df.csv", help="CSV file name inside the dataset root (default: df.csv)")
-    check.add_argument("--decode", action="store_true", help="fully decode every image (slower, finds corrupt files)")
+    check.add_argument("--images", choices=("none", "exists", "quick", "decode"), default="quick",
+                       help="image check: quick (default: header, pixel limit and a reduced decode, cached by "
+                            "path+mtime+size), exists, decode (full decode) or none")
+    check.add_argument("--decode", action="store_true", help="same as --images decode")
+    check.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                       help="refuse images with more than N pixels (default: $LOOKALIKE_MAX_PIXELS or 50000000; "
+                            "0 = no limit)")
     check.add_argument("--drop-queries-without-gallery", action="store_true",
                        help="drop queries whose label has no other gallery item (with a warning) instead of failing")
     check.set_defaults(handler=_run_check_data)

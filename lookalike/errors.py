@@ -25,6 +25,11 @@ class ConfigError(LookalikeError):
     """A config has an unknown key, a wrong type or an unknown component name."""
 
 
+class ArgumentError(LookalikeError, ValueError):
+    """A component (miner, loss, plot, image cache) got an argument it cannot use: a value out of range, or a
+    tensor or list of the wrong shape or length. Also a `ValueError`, so callers that catch that still do."""
+
+
 def suggest(word: object, choices) -> str:
     """' (did you mean 'x'?)' for the closest choice (a prefix match first, then the nearest spelling), or ''."""
     import difflib

@@ -58,3 +58,9 @@ def good_rows(n_train_labels: int = 3, n_val_labels: int = 3, per_label: int = 2
 def dataset_root(tmp_path: Path) -> Path:
     """A valid dataset of `good_rows()` (6 labels, 12 images of 16x12) in a temporary folder."""
     return write_dataset(tmp_path / "ds", good_rows())
+
+
+@pytest.fixture(autouse=True)
+def _image_check_cache(tmp_path_factory, monkeypatch):
+    """Image-check results go to a temporary folder, never to the user's ~/.cache."""
+    monkeypatch.setenv("LOOKALIKE_IMAGE_CHECK_CACHE", str(tmp_path_factory.mktemp("image-checks")))

@@ -43,9 +43,23 @@ def test_check_data_csv_and_decode_options(tmp_path, capsys):
     assert "mine.csv" in capsys.readouterr().err
     assert main(["check-data", str(root), "--csv", "mine.csv"]) == 0
     (root / "img/0_0.png").write_bytes(b"broken")
-    assert main(["check-data", str(root), "--csv", "mine.csv"]) == 0
+    assert main(["check-data", str(root), "--csv", "mine.csv", "--images", "exists"]) == 0
     assert main(["check-data", str(root), "--csv", "mine.csv", "--decode"]) == 2
     assert "cannot be decoded" in capsys.readouterr().err
+    assert main(["check-data", str(root), "--csv", "mine.csv"]) == 2  # the default "quick" check finds it too
+    err = capsys.readouterr().err
+    assert "cannot be decoded" in err and "0_0.png" in err
+
+
+def test_check_data_images_and_pixel_limit(dataset_root, capsys):
+    assert main(["check-data", str(dataset_root)]) == 0
+    out = capsys.readouterr().out
+    assert "images: 12 files read" in out and "largest 16 x 12; pixel limit 50,000,000" in out
+    assert main(["check-data", str(dataset_root), "--max-pixels", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "12 image(s) have more pixels than the limit of 100" in err and "--max-pixels" in err
+    assert main(["check-data", str(dataset_root), "--max-pixels", "0"]) == 0
+    assert "pixel limit none" in capsys.readouterr().out
 
 
 def test_check_data_drop_flag(tmp_path, capsys):

@@ -13,7 +13,7 @@ from torch.utils.data import Dataset
 from torchvision import tv_tensors
 
 from lookalike.data import schema
-from lookalike.data.images import BBox, DecodedImageCache, read_image_array
+from lookalike.data.images import BBox, DecodedImageCache, MaxPixels, read_image_array, resolve_max_pixels
 from lookalike.data.validation import load_dataset_table, parse_bool
 
 __all__ = ["ImageDataset", "train_and_validation_datasets", "row_bboxes"]
@@ -48,11 +48,12 @@ class ImageDataset(Dataset):
     `index` (row position), `path`, `is_query`, `is_gallery` (False on train rows), and `category` /
     `sequence` when the table has those columns. A transform receives a uint8 `tv_tensors.Image` (CxHxW).
     `cache_images` keeps decoded images in memory up to `cache_max_bytes` (see `DecodedImageCache`; call
-    `preload()` before a DataLoader with workers starts).
+    `preload()` before a DataLoader with workers starts). `max_pixels` is the pixel limit of `read_image`
+    (an image above it raises `DatasetError` before it is decoded).
     """
 
     def __init__(self, table: pd.DataFrame, transform: Callable | None = None, *, cache_images: bool = False,
-                 cache_max_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+                 cache_max_bytes: int = DEFAULT_CACHE_BYTES, max_pixels: MaxPixels = "default") -> None:
         self.table = table.reset_index(drop=True)
         self.transform = transform
         self.paths: list[str] = self.table[schema.PATH].astype(str).tolist()
@@ -67,7 +68,9 @@ class ImageDataset(Dataset):
             dict(zip(self.labels.tolist(), self.categories.tolist())) if self.categories is not None else None
         )
         self.bboxes = row_bboxes(self.table)
-        self.cache = DecodedImageCache(self.paths, self.bboxes, cache_max_bytes) if cache_images else None
+        self.max_pixels = resolve_max_pixels(max_pixels)
+        self.cache = (DecodedImageCache(self.paths, self.bboxes, cache_max_bytes, max_pixels=self.max_pixels)
+                      if cache_images else None)
 
     def __len__(self) -> int:
         return len(self.table)
@@ -83,7 +86,7 @@ class ImageDataset(Dataset):
         if self.cache is not None:
             pixels = self.cache.get(index).copy()  # the cached array stays untouched by any transform
         else:
-            pixels = read_image_array(self.paths[index], self.bboxes[index])
+            pixels = read_image_array(self.paths[index], self.bboxes[index], max_pixels=self.max_pixels)
         return tv_tensors.Image(torch.from_numpy(pixels).permute(2, 0, 1))
 
     def __getitem__(self, index: int) -> dict:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from lookalike.data import schema
-from lookalike.data.images import image_size, read_image
+from lookalike.data.image_check import CHECK_LEVELS, ImageCheckReport, check_image_files
+from lookalike.data.images import MAX_PIXELS_ENV, MaxPixels, image_size
 from lookalike.errors import DatasetError, unknown_choice
 
 __all__ = ["DatasetSummary", "load_dataset_table", "check_dataset", "format_summary", "parse_bool"]
@@ -24,7 +24,7 @@ __all__ = ["DatasetSummary", "load_dataset_table", "check_dataset", "format_summ
 _SHOWN = 10  # rows / files / labels named in one message
 _TRUE = frozenset({"true", "1", "yes", "y", "t", "1.0"})
 _FALSE = frozenset({"false", "0", "no", "n", "f", "0.0"})
-CHECK_IMAGES = ("none", "exists", "decode")
+CHECK_IMAGES = CHECK_LEVELS  # "none", "exists", "quick", "decode": see lookalike.data.image_check
 QUERIES_WITHOUT_GALLERY = ("error", "drop")
 
 
@@ -41,6 +41,7 @@ class DatasetSummary:
     n_gallery: int
     n_categories: int | None
     warnings: list[str] = field(default_factory=list)
+    images: ImageCheckReport | None = None  # what the image check did (level, files, cache hits, largest)
 
 
 def _lines(mask: np.ndarray | pd.Series) -> str:
@@ -109,6 +110,9 @@ def _field_count_problem(csv_path: Path) -> str | None:
 
 
 def _read_csv(root: Path, csv: str | os.PathLike) -> tuple[Path, pd.DataFrame]:
+    if root.is_file():
+        raise DatasetError(f"dataset root {root} is a file, but a folder is expected: pass the folder that holds "
+                           f"the CSV and the images (here probably {root.parent}), and the CSV's name with --csv")
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} is not a folder; pass the folder that holds the CSV and images")
     csv_path = Path(csv) if Path(csv).is_absolute() else root / csv
@@ -144,16 +148,56 @@ def _read_csv(root: Path, csv: str | os.PathLike) -> tuple[Path, pd.DataFrame]:
     return csv_path, table
 
 
-def _check_labels(table: pd.DataFrame, problems: _Problems) -> np.ndarray:
+def _exact_integer(text: str) -> int | None:
+    """The integer a cell spells exactly ("4611686018427387904", "7.0"), else None (for values past 2**53)."""
+    text = text.strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        import decimal
+
+        value = decimal.Decimal(text)
+    except (ArithmeticError, ValueError):
+        return None
+    return int(value) if value.is_finite() and value == value.to_integral_value() else None
+
+
+def _check_labels(table: pd.DataFrame, problems: _Problems) -> tuple[np.ndarray, np.ndarray]:
+    """(labels as int64 with -1 where invalid, the invalid mask); the distinct spellings are parsed once."""
     raw = table[schema.LABEL]
-    numbers = pd.to_numeric(raw, errors="coerce").astype(float)
+    codes, uniques = pd.factorize(raw)  # a missing cell gets code -1
+    text = pd.Series([str(u) for u in uniques], dtype=object)
+    numbers = pd.to_numeric(text, errors="coerce").astype(float).to_numpy()
+    values = np.full(len(uniques), -1, dtype=np.int64)
     with np.errstate(invalid="ignore"):
-        bad = numbers.isna() | ~np.isfinite(numbers) | (numbers != np.floor(numbers)) | (numbers.abs() > 2**53)
+        small = np.isfinite(numbers) & (numbers == np.floor(numbers)) & (np.abs(numbers) <= 2**53)
+    values[small] = numbers[small].astype(np.int64)
+    ok = small.copy()
+    out_of_range = np.zeros(len(uniques), dtype=bool)
+    for i in np.flatnonzero(~small & np.isfinite(numbers)):  # beyond 2**53 floats are inexact: parse exactly
+        exact = _exact_integer(text[i])
+        if exact is None:
+            continue
+        if -(2**63) <= exact < 2**63:
+            values[i], ok[i] = exact, True
+        else:
+            out_of_range[i] = True
+    ok_rows = np.append(ok, False)[codes]
+    range_rows = np.append(out_of_range, False)[codes]
+    bad = ~ok_rows & ~range_rows
     if bad.any():
         examples = _examples(repr(v) for v in raw[bad].fillna("").head(_SHOWN))
         problems.add(f"column 'label': {int(bad.sum())} value(s) are missing or not integers at {_lines(bad)} "
                      f"(values: {examples}); every row needs an integer label id: map names to integers first.")
-    return numbers.where(~bad, -1).to_numpy().astype(np.int64)
+    if range_rows.any():
+        examples = _examples(repr(v) for v in raw[range_rows].head(_SHOWN))
+        problems.add(f"column 'label': {int(range_rows.sum())} value(s) do not fit in a 64-bit integer at "
+                     f"{_lines(range_rows)} (values: {examples}); use label ids between -2**63 and 2**63 - 1 "
+                     "(e.g. renumber them 0, 1, 2, ...).")
+    labels = np.append(values, -1)[codes]
+    return labels, ~ok_rows
 
 
 def _check_split(table: pd.DataFrame, problems: _Problems) -> np.ndarray:
@@ -198,7 +242,7 @@ def _check_query_gallery(table: pd.DataFrame, split: np.ndarray, problems: _Prob
     return flags[schema.IS_QUERY] & val, flags[schema.IS_GALLERY] & val
 
 
-def _check_categories(table: pd.DataFrame, labels: np.ndarray, problems: _Problems) -> None:
+def _check_categories(table: pd.DataFrame, labels: np.ndarray, bad_labels: np.ndarray, problems: _Problems) -> None:
     if schema.CATEGORY not in table.columns:
         return
     category = table[schema.CATEGORY]
@@ -206,7 +250,9 @@ def _check_categories(table: pd.DataFrame, labels: np.ndarray, problems: _Proble
     if empty.any():
         problems.add(f"column 'category': {int(empty.sum())} empty cell(s) at {_lines(empty)}; give every row a "
                      "category (or drop the column).")
-    per_label = pd.DataFrame({"label": labels, "category": category}).dropna().groupby("label")["category"]
+    # rows whose label is invalid (already reported) have no label to check: leave them out
+    per_label = (pd.DataFrame({"label": labels, "category": category})[~bad_labels].dropna()
+                 .groupby("label")["category"])
     n_categories = per_label.nunique()
     mixed = n_categories[n_categories > 1].index
     if len(mixed):
@@ -245,8 +291,12 @@ def _check_bboxes(table: pd.DataFrame, problems: _Problems) -> np.ndarray | None
         problems.add(f"bounding box columns: x_1 >= x_2 or y_1 >= y_2 at {_lines(inverted)}; x_1 < x_2 and "
                      "y_1 < y_2 are the left/right and top/bottom edges in pixels.")
     if negative.any():
-        problems.add(f"bounding box columns: negative coordinates at {_lines(negative)}; pixel coordinates "
-                     "start at 0.")
+        with np.errstate(invalid="ignore"):
+            below = complete[:, None] & (box < 0)
+        details = "; ".join(f"{column} at {_lines(below[:, i])}" for i, column in enumerate(schema.BBOX_COLUMNS)
+                            if below[:, i].any())
+        problems.add(f"bounding box columns: negative coordinates in {details}; pixel coordinates start at 0 "
+                     "(x from the left edge, y from the top edge).")
     box[~complete | inverted | negative] = np.nan
     return box
 
@@ -269,16 +319,6 @@ def _resolve_paths(table: pd.DataFrame, root: Path, problems: _Problems) -> np.n
     return np.where(absolute | empty.to_numpy(), text.to_numpy(dtype=object), joined.to_numpy(dtype=object))
 
 
-def _decoded_size(path: str) -> tuple[tuple[int, int] | None, str | None]:
-    """((width, height), None) after a full decode, or (None, why it failed)."""
-    try:
-        return read_image(path).size, None
-    except DatasetError as error:
-        return None, str(error).split(": ", 1)[-1].split(";")[0]
-    except Exception as error:  # any decoder failure is a problem of that file
-        return None, f"{type(error).__name__}: {error}"
-
-
 def _header_size(path: str) -> tuple[tuple[int, int] | None, str | None]:
     """((width, height), None) from the header alone, or (None, why it failed)."""
     try:
@@ -287,40 +327,45 @@ def _header_size(path: str) -> tuple[tuple[int, int] | None, str | None]:
         return None, f"{type(error).__name__}: {error}"
 
 
-def _check_images(paths: np.ndarray, bbox: np.ndarray | None, mode: str, problems: _Problems) -> None:
-    """Files exist; with "decode" they fully decode; boxes lie inside their image (sizes from lazy opens)."""
+def _check_images(paths: np.ndarray, bbox: np.ndarray | None, mode: str, problems: _Problems, *,
+                  max_pixels: MaxPixels, cache: str | os.PathLike | bool, cache_key: str) -> ImageCheckReport:
+    """Files exist; with "quick" / "decode" they read (see `lookalike.data.image_check`) and are within the pixel
+    limit; boxes lie inside their image (sizes from the check, or from lazy opens of the boxed files)."""
+    unique = pd.unique(paths[paths != ""]).tolist()
+    report = check_image_files(unique, mode, max_pixels=max_pixels, cache=cache, cache_key=cache_key)
     if mode == "none":
-        return
+        return report
     path_series = pd.Series(paths)
-    unique = pd.unique(paths[paths != ""])
-    exists = pd.Series({p: os.path.isfile(p) for p in unique}, dtype=bool)
-    readable = path_series.map(exists).fillna(False).to_numpy(dtype=bool)
-    missing_rows = (paths != "") & ~readable
+    missing_rows = path_series.isin(report.missing).to_numpy()
     if missing_rows.any():
-        missing_files = exists.index[~exists.to_numpy()].tolist()
-        problems.add(f"column 'path': {len(missing_files)} image file(s) do not exist ({_lines(missing_rows)}): "
-                     f"{_examples(missing_files)}; check the dataset root and the paths in the CSV.")
+        problems.add(f"column 'path': {len(report.missing)} image file(s) do not exist ({_lines(missing_rows)}): "
+                     f"{_examples(report.missing)}; check the dataset root and the paths in the CSV.")
+    readable = (paths != "") & ~missing_rows
     boxed = readable & ~np.isnan(bbox).any(axis=1) if bbox is not None else np.zeros(len(paths), dtype=bool)
-    if mode == "decode":
-        to_open = [p for p in unique if exists[p]]
-    else:
-        to_open = pd.unique(paths[boxed]).tolist()
-    broken: dict[str, str] = {}
-    sizes: dict[str, tuple[int, int]] = {}
-    opener = _decoded_size if mode == "decode" else _header_size
-    workers = min(8, os.cpu_count() or 1) if mode == "decode" and len(to_open) > 64 else 1
-    with ThreadPoolExecutor(workers) as pool:  # Pillow releases the GIL while decoding
-        for path, (size, why) in zip(to_open, pool.map(opener, to_open, chunksize=32)):
+    if mode == "exists":
+        for path in pd.unique(paths[boxed]).tolist():
+            size, why = _header_size(path)
             if why is None:
-                sizes[path] = size
+                report.sizes[path] = size
             else:
-                broken[path] = why
-    if broken:
+                report.broken[path] = why
+    if report.broken:
+        broken = report.broken
         rows = path_series.isin(list(broken)).to_numpy()
         listing = "; ".join(f"{p} ({why})" for p, why in list(broken.items())[:_SHOWN])
         more = f" (and {len(broken) - _SHOWN} more)" if len(broken) > _SHOWN else ""
         problems.add(f"column 'path': {len(broken)} image file(s) cannot be decoded ({_lines(rows)}): "
                      f"{listing}{more}; replace those files or drop their rows.")
+    if report.too_large:
+        large = report.too_large
+        rows = path_series.isin(list(large)).to_numpy()
+        listing = "; ".join(f"{p} ({w} x {h})" for p, (w, h) in list(large.items())[:_SHOWN])
+        more = f" (and {len(large) - _SHOWN} more)" if len(large) > _SHOWN else ""
+        problems.add(f"column 'path': {len(large)} image(s) have more pixels than the limit of "
+                     f"{report.max_pixels:,} ({_lines(rows)}): {listing}{more}; shrink them, or raise the limit "
+                     f"with `check-data --max-pixels N`, the max_pixels argument, or the environment variable "
+                     f"{MAX_PIXELS_ENV}=N ('none' for no limit).")
+    sizes = report.sizes
     if boxed.any() and sizes:
         size = path_series.map(pd.Series(sizes, dtype=object))
         width = np.array([s[0] if isinstance(s, tuple) else np.inf for s in size[boxed]], dtype=float)
@@ -331,6 +376,7 @@ def _check_images(paths: np.ndarray, bbox: np.ndarray | None, mode: str, problem
             problems.add(f"bounding box columns: {int(outside.sum())} box(es) reach outside their image at "
                          f"{_lines(outside)}; x_2 must be <= the image width and y_2 <= the image height "
                          "(pixels, origin at the top-left corner).")
+    return report
 
 
 def _queries_without_gallery(table: pd.DataFrame, labels: np.ndarray, is_query: np.ndarray,
@@ -348,8 +394,9 @@ def _queries_without_gallery(table: pd.DataFrame, labels: np.ndarray, is_query: 
     return is_query & (per_query - excluded <= 0)
 
 
-def _validate(root: str | os.PathLike, csv: str | os.PathLike, check_images: str,
-              queries_without_gallery: str) -> tuple[pd.DataFrame, list[str], Path]:
+def _validate(root: str | os.PathLike, csv: str | os.PathLike, check_images: str, queries_without_gallery: str,
+              max_pixels: MaxPixels, check_cache: str | os.PathLike | bool,
+              ) -> tuple[pd.DataFrame, list[str], Path, ImageCheckReport]:
     if check_images not in CHECK_IMAGES:
         raise DatasetError(unknown_choice("check_images mode", check_images, CHECK_IMAGES))
     if queries_without_gallery not in QUERIES_WITHOUT_GALLERY:
@@ -358,14 +405,15 @@ def _validate(root: str | os.PathLike, csv: str | os.PathLike, check_images: str
     root = Path(root).expanduser().absolute()
     csv_path, table = _read_csv(root, csv)
     problems = _Problems(csv_path)
-    labels = _check_labels(table, problems)
+    labels, bad_labels = _check_labels(table, problems)
     split = _check_split(table, problems)
     is_query, is_gallery = _check_query_gallery(table, split, problems)
     flags_ok = not problems.items  # the query/gallery check needs sound labels, splits and flags
-    _check_categories(table, labels, problems)
+    _check_categories(table, labels, bad_labels, problems)
     bbox = _check_bboxes(table, problems)
     paths = _resolve_paths(table, root, problems)
-    _check_images(paths, bbox, check_images, problems)
+    report = _check_images(paths, bbox, check_images, problems, max_pixels=max_pixels, cache=check_cache,
+                           cache_key=str(csv_path))
 
     notes: list[str] = []
     if flags_ok:
@@ -397,27 +445,34 @@ def _validate(root: str | os.PathLike, csv: str | os.PathLike, check_images: str
         for i, column in enumerate(schema.BBOX_COLUMNS):
             out[column] = bbox[:, i]
     keep = (split == schema.SPLIT_TRAIN) | is_query | is_gallery
-    return out[keep].reset_index(drop=True), notes, csv_path
+    return out[keep].reset_index(drop=True), notes, csv_path, report
 
 
 def load_dataset_table(root: str | os.PathLike, csv: str | os.PathLike = "df.csv", *,
-                       check_images: str = "exists", queries_without_gallery: str = "error") -> pd.DataFrame:
+                       check_images: str = "exists", queries_without_gallery: str = "error",
+                       max_pixels: MaxPixels = "default", check_cache: str | os.PathLike | bool = True,
+                       ) -> pd.DataFrame:
     """The validated dataset table of `root/csv` with normalised types and absolute paths.
 
-    Raises `DatasetError` listing every problem found. `check_images`: "exists" (files exist), "decode"
-    (every image fully decodes) or "none". `queries_without_gallery`: "error", or "drop" them as queries
-    with a warning.
+    Raises `DatasetError` listing every problem found. `check_images`: "exists" (files exist), "quick"
+    (header, pixel limit and a reduced decode of every file, cached by path + mtime + size), "decode" (every
+    image fully decodes) or "none"; see `lookalike.data.image_check`. `max_pixels`: the pixel limit ("quick"
+    and "decode"; "default" = $LOOKALIKE_MAX_PIXELS or 50 MP; None = no limit). `check_cache`: True (default
+    folder), False, or a folder for the "quick" results. `queries_without_gallery`: "error", or "drop" them
+    as queries with a warning.
     """
-    table, notes, _ = _validate(root, csv, check_images, queries_without_gallery)
+    table, notes, _, _ = _validate(root, csv, check_images, queries_without_gallery, max_pixels, check_cache)
     for note in notes:
         warnings.warn(note, stacklevel=2)
     return table
 
 
 def check_dataset(root: str | os.PathLike, csv: str | os.PathLike = "df.csv", *, check_images: str = "exists",
-                  queries_without_gallery: str = "error") -> DatasetSummary:
+                  queries_without_gallery: str = "error", max_pixels: MaxPixels = "default",
+                  check_cache: str | os.PathLike | bool = True) -> DatasetSummary:
     """Validate a dataset (see `load_dataset_table`) and summarise it."""
-    table, notes, csv_path = _validate(root, csv, check_images, queries_without_gallery)
+    table, notes, csv_path, report = _validate(root, csv, check_images, queries_without_gallery, max_pixels,
+                                               check_cache)
     split = table[schema.SPLIT]
     return DatasetSummary(
         csv=str(csv_path),
@@ -429,7 +484,27 @@ def check_dataset(root: str | os.PathLike, csv: str | os.PathLike = "df.csv", *,
         n_gallery=int(table[schema.IS_GALLERY].sum()),
         n_categories=int(table[schema.CATEGORY].nunique()) if schema.CATEGORY in table.columns else None,
         warnings=notes,
+        images=report,
     )
+
+
+_LEVEL_WORDS = {"none": "not checked", "exists": "exist (not opened)",
+                "quick": "read (header, pixel limit and a reduced decode)", "decode": "fully decode"}
+
+
+def _image_line(report: ImageCheckReport) -> str:
+    """'770 files read (...), 700 from the cache; largest 64 x 64; pixel limit 50,000,000'."""
+    if report.level == "none":
+        return "not checked"
+    text = f"{report.n_files} files {_LEVEL_WORDS[report.level]}"
+    if report.level == "quick":
+        text += f", {report.n_cached} of them from the cache of an earlier check"
+    if report.level in ("quick", "decode"):
+        if report.largest is not None:
+            text += f"; largest {report.largest[0]} x {report.largest[1]}"
+        limit = "none" if report.max_pixels is None else f"{report.max_pixels:,}"
+        text += f"; pixel limit {limit}"
+    return text
 
 
 def format_summary(summary: DatasetSummary) -> str:
@@ -441,5 +516,7 @@ def format_summary(summary: DatasetSummary) -> str:
     lines.append(f"  queries: {summary.n_queries}   gallery: {summary.n_gallery}")
     if summary.n_categories is not None:
         lines.append(f"  categories: {summary.n_categories}")
+    if summary.images is not None:
+        lines.append(f"  images: {_image_line(summary.images)}")
     lines.extend(f"  warning: {w}" for w in summary.warnings)
     return "\n".join(lines)

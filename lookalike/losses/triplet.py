@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lookalike.errors import ArgumentError, unknown_choice
 from lookalike.miners import HardTripletsMiner, TripletMiner, paired_euclidean
 
 __all__ = ["TripletLoss", "TripletLossWithMiner"]
@@ -14,9 +15,10 @@ _REDUCTIONS = ("mean", "sum", "none")
 
 def _check_options(margin: float | None, reduction: str) -> None:
     if margin is not None and margin < 0:
-        raise ValueError(f"margin must be >= 0, or None for the soft margin; got {margin}")
+        raise ArgumentError(f"triplet loss: margin must be >= 0, or None (null in YAML) for the soft margin; got "
+                            f"{margin} (criterion.args.margin in a config)")
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"reduction must be one of {_REDUCTIONS}; got {reduction!r}")
+        raise ArgumentError("triplet loss: " + unknown_choice("reduction", reduction, _REDUCTIONS))
 
 
 def _triplet_terms(d_ap: Tensor, d_an: Tensor, margin: float | None) -> Tensor:
@@ -54,9 +56,10 @@ class TripletLoss(nn.Module):
 
     def forward(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
         if not (anchor.shape == positive.shape == negative.shape) or anchor.ndim != 2:
-            raise ValueError(
-                "anchor, positive and negative must be 2-D tensors of the same shape (n_triplets, dim); got "
-                f"{tuple(anchor.shape)}, {tuple(positive.shape)}, {tuple(negative.shape)}"
+            raise ArgumentError(
+                "triplet loss: anchor, positive and negative must be 2-D tensors of the same shape (n_triplets, dim); "
+                f"got {tuple(anchor.shape)}, {tuple(positive.shape)}, {tuple(negative.shape)}; the extractor must "
+                "return one embedding vector per image"
             )
         terms = _triplet_terms(paired_euclidean(anchor, positive), paired_euclidean(anchor, negative), self.margin)
         return _reduce(terms, self.reduction, anchor)

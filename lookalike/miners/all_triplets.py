@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lookalike.errors import ArgumentError
 from lookalike.miners.base import InBatchTripletMiner, check_batch, label_masks
 
 __all__ = ["AllTripletsMiner"]
@@ -22,7 +23,8 @@ class AllTripletsMiner(InBatchTripletMiner):
     def __init__(self, max_output_triplets: int | None = None, *, seed: int = 0) -> None:
         super().__init__()
         if max_output_triplets is not None and max_output_triplets < 1:
-            raise ValueError(f"max_output_triplets must be None or >= 1; got {max_output_triplets}")
+            raise ArgumentError(f"AllTripletsMiner: max_output_triplets must be None (null: no cap) or >= 1; got "
+                                f"{max_output_triplets} (criterion.args.miner.args.max_output_triplets in a config)")
         self.max_output_triplets = max_output_triplets
         self.generator = torch.Generator().manual_seed(seed)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from lookalike.errors import ArgumentError
+
 __all__ = ["TripletMiner", "InBatchTripletMiner", "check_batch", "label_masks"]
 
 
@@ -12,11 +14,13 @@ def check_batch(features: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     """Validate a (batch, dim) features tensor and its (batch,) labels; labels come back on the features' device."""
     if not isinstance(features, Tensor) or features.ndim != 2:
         shape = tuple(features.shape) if isinstance(features, Tensor) else type(features).__name__
-        raise ValueError(f"features must be a 2-D tensor (batch, dim); got {shape}")
+        raise ArgumentError(f"miner: features must be a 2-D tensor (batch, dim); got {shape}; the extractor must "
+                            "return one embedding vector per image")
     labels = torch.as_tensor(labels, device=features.device)
     if labels.ndim != 1 or len(labels) != len(features):
-        raise ValueError(
-            f"labels must be a 1-D tensor with one label per row of features ({len(features)}); got shape {tuple(labels.shape)}"
+        raise ArgumentError(
+            f"miner: labels must be a 1-D tensor with one label per row of features ({len(features)}); got shape "
+            f"{tuple(labels.shape)}"
         )
     return features, labels
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lookalike.errors import ArgumentError
 from lookalike.miners.base import InBatchTripletMiner, check_batch, label_masks
 from lookalike.miners.distances import pairwise_euclidean
 
@@ -32,7 +33,8 @@ class HardTripletsMiner(InBatchTripletMiner):
 def _rank_range(value: int | tuple[int, int], name: str) -> tuple[int, int]:
     start, end = (0, value) if isinstance(value, int) else tuple(value)
     if not 0 <= start < end:
-        raise ValueError(f"{name} must be an int n >= 1 or a (start, end) pair with 0 <= start < end; got {value!r}")
+        raise ArgumentError(f"NHardTripletsMiner: {name} must be an int n >= 1 or a [start, end] pair with "
+                            f"0 <= start < end; got {value!r} (criterion.args.miner.args.{name} in a config)")
     return int(start), int(end)
 
 

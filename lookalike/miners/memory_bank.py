@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lookalike.errors import ArgumentError
 from lookalike.miners.base import TripletMiner, check_batch
 from lookalike.miners.distances import pairwise_euclidean
 
@@ -32,9 +33,11 @@ class MemoryBankMiner(TripletMiner):
     def __init__(self, bank_size_in_batches: int, tri_expand_k: int = 1) -> None:
         super().__init__()
         if bank_size_in_batches < 0:
-            raise ValueError(f"bank_size_in_batches must be >= 0; got {bank_size_in_batches}")
+            raise ArgumentError(f"MemoryBankMiner: bank_size_in_batches must be >= 0 (0 = no bank); got "
+                                f"{bank_size_in_batches} (criterion.args.miner.args.bank_size_in_batches in a config)")
         if tri_expand_k < 1:
-            raise ValueError(f"tri_expand_k must be >= 1; got {tri_expand_k}")
+            raise ArgumentError(f"MemoryBankMiner: tri_expand_k must be >= 1; got {tri_expand_k} "
+                                "(criterion.args.miner.args.tri_expand_k in a config)")
         self.bank_size_in_batches = int(bank_size_in_batches)
         self.tri_expand_k = int(tri_expand_k)
         self.register_buffer("bank_features", torch.zeros(0, 0), persistent=False)
@@ -67,8 +70,9 @@ class MemoryBankMiner(TripletMiner):
         if not self._allocated:
             self._allocate(features)
         if self.capacity and self.bank_features.shape[1] != features.shape[1]:
-            raise ValueError(
-                f"features have dim {features.shape[1]} but the memory bank holds dim {self.bank_features.shape[1]}; "
+            raise ArgumentError(
+                f"MemoryBankMiner: features have dim {features.shape[1]} but the memory bank holds dim "
+                f"{self.bank_features.shape[1]}; "
                 "build a new MemoryBankMiner for a different embedding size"
             )
         if self.bank_features.device != features.device:  # keep the bank where the model is

@@ -20,6 +20,10 @@ def dataset_root(cfg: Mapping) -> Path:
 
         return Path(example_dataset_root())
     root = Path(cfg["dataset_root"]).expanduser()
+    if root.is_file():
+        raise ConfigError(f"dataset_root: {str(root)!r} is a file, but a folder is expected: point it at the folder "
+                          f"holding {cfg.get('csv', 'df.csv')} and the images (here probably {str(root.parent)!r}; "
+                          "name the CSV with the csv key).")
     if not root.is_dir():
         raise ConfigError(f"dataset_root: folder {str(root)!r} does not exist; point it at the folder holding "
                           f"{cfg.get('csv', 'df.csv')} (or set dataset_root: null for the built-in example data).")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from lookalike.errors import ConfigError
 from lookalike.io import atomic_path
 
 __all__ = ["save_worst_queries", "per_query_for", "send_figure"]
@@ -24,7 +25,9 @@ def per_query_for(per_query: dict, metric: str) -> tuple[Any, str]:
             return v, f"{name}@{k}"
         if hasattr(values, "shape"):
             return values, name
-    raise ValueError("no per-query metric to rank queries by")
+    raise ConfigError(f"worst-query pictures: the validation metrics hold no per-query values to rank queries by "
+                      f"(asked for {metric!r}; found {', '.join(map(str, per_query)) or 'none'}); keep a top-k "
+                      "metric such as cmc in metric_args, or set log_images: false.")
 
 
 def save_worst_queries(metrics, images: Sequence[Any], path: Path, *, n_queries: int = 6, metric: str = "",

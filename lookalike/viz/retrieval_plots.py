@@ -19,6 +19,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from lookalike.data.images import read_image, to_rgb_array  # noqa: E402
+from lookalike.errors import ArgumentError  # noqa: E402
 from lookalike.metrics.functional import has_relevant, worst_queries  # noqa: E402
 from lookalike.retrieval import RetrievalResults, factorize_sequences  # noqa: E402
 
@@ -32,10 +34,9 @@ CELL = 1.7
 def load_image_array(image: Any) -> np.ndarray:
     """HxWx3 (or HxW) float array in [0, 1] from a path, a PIL image, or a CxHxW / HxWxC tensor or array."""
     if isinstance(image, (str, bytes)) or isinstance(image, os.PathLike):
-        from PIL import Image
-
-        with Image.open(image) as opened:
-            image = opened.convert("RGB")
+        image = read_image(image)  # the datasets' rules: every Pillow mode, transparency over white
+    elif _is_pil_image(image):
+        image = to_rgb_array(image)
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu().numpy()
     array = np.asarray(image)
@@ -50,6 +51,10 @@ def load_image_array(image: Any) -> np.ndarray:
     if low < 0.0 or high > 1.0:  # e.g. a normalised model input: stretch to [0, 1] to show it
         array = (array - low) / max(high - low, 1e-12)
     return array
+
+
+def _is_pil_image(x: Any) -> bool:
+    return hasattr(x, "mode") and hasattr(x, "getbands")
 
 
 def _is_one_image(x: Any) -> bool:
@@ -103,7 +108,8 @@ def plot_retrieval(query_image: Any, retrieved_images: Sequence, is_relevant: Se
                         ("missed_relevant_images", missed_relevant_images), ("distances", distances),
                         ("query_titles", query_titles), ("missed_titles", missed_titles)):
         if value is not None and len(value) != n_rows:
-            raise ValueError(f"plot_retrieval: {name} has {len(value)} rows for {n_rows} queries")
+            raise ArgumentError(f"plot_retrieval: {name} has {len(value)} rows for {n_rows} queries; pass one row "
+                                f"per query image")
     n_top = max((len(r) for r in retrieved_images), default=0)
     n_missed = max((len(m) for m in missed_relevant_images), default=0)
     columns = 1 + n_top + n_missed

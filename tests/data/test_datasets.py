@@ -90,7 +90,7 @@ def test_cache_decodes_once_and_gives_the_same_items(dataset_root, monkeypatch):
     plain = [ImageDataset(table)[i]["input"] for i in range(len(table))]
     reads = []
     original = images.read_image_array
-    monkeypatch.setattr(images, "read_image_array", lambda p, b=None: reads.append(p) or original(p, b))
+    monkeypatch.setattr(images, "read_image_array", lambda p, b=None, **kw: reads.append(p) or original(p, b, **kw))
     dataset = ImageDataset(table, cache_images=True)
     for _ in range(3):
         items = [dataset[i]["input"] for i in range(len(dataset))]
@@ -104,7 +104,7 @@ def test_preloaded_cache_is_shared_with_forked_workers(dataset_root, monkeypatch
     table = load_dataset_table(dataset_root)
     dataset = ImageDataset(table, get_transforms("val", image_size=8), cache_images=True).preload()
 
-    def no_decoding(path, bbox=None):
+    def no_decoding(path, bbox=None, **kwargs):
         raise AssertionError(f"decoded {path} again")
 
     monkeypatch.setattr(images, "read_image_array", no_decoding)  # inherited by the forked workers
@@ -136,3 +136,13 @@ def test_validation_errors_pass_through(tmp_path):
 
     with pytest.raises(DatasetError, match="'test'"):
         train_and_validation_datasets(write_dataset(tmp_path / "ds", rows))
+
+
+def test_dataset_reads_sixteen_bit_like_eight_bit(tmp_path):
+    eight = np.random.default_rng(0).integers(0, 256, size=(6, 5), dtype=np.uint8)
+    Image.fromarray(eight, mode="L").save(tmp_path / "8.png")
+    Image.frombytes("I;16", (5, 6), (eight.astype(np.uint16) * 257).astype("<u2").tobytes()).save(tmp_path / "16.png")
+    table = pd.DataFrame({"label": [0, 0], "path": [str(tmp_path / "8.png"), str(tmp_path / "16.png")]})
+    dataset = ImageDataset(table)
+    assert dataset[1]["input"].shape == (3, 6, 5)
+    assert np.array_equal(dataset.read(0).numpy(), dataset.read(1).numpy())

@@ -280,7 +280,7 @@ def test_bounding_box_rules(tmp_path):
     assert "5 problems" in message
     assert re.search(r"only some of x_1, x_2, y_1, y_2 at CSV line 2\b", message)
     assert re.search(r"x_1 >= x_2 or y_1 >= y_2 at CSV line 3\b", message)
-    assert re.search(r"negative coordinates at CSV line 4\b", message)
+    assert re.search(r"negative coordinates in x_1 at CSV line 4\b", message)
     assert re.search(r"2 box\(es\) reach outside their image at CSV lines 5, 8\b.*image width", message)
     assert re.search(r"non-numeric values at CSV line 7\b", message)
 
@@ -324,3 +324,45 @@ def test_example_data_is_valid_and_small():
     assert (root / "LICENSES.md").is_file() and (root / "README.md").is_file()
     with Image.open(table["path"].iloc[0]) as image:
         assert image.size == (64, 64)
+
+
+def test_negative_boxes_name_their_columns_and_rows(tmp_path):
+    rows = good_rows()
+    for row in rows:
+        row.update({"x_1": 0, "x_2": 4, "y_1": 0, "y_2": 4})
+    rows[1].update({"y_1": -2})                          # CSV line 3: y_1
+    rows[4].update({"x_1": -3, "y_1": -1})               # CSV line 6: x_1 and y_1
+    rows[7].update({"x_1": -5, "x_2": -1})               # CSV line 9: x_1 and x_2
+    message = problems_of(write_dataset(tmp_path / "ds", rows))
+    assert ("negative coordinates in x_1 at CSV lines 6, 9; x_2 at CSV line 9; y_1 at CSV lines 3, 6; "
+            "pixel coordinates start at 0") in message
+    assert "y_2" not in message.split("negative coordinates")[1].split("pixel")[0]
+
+
+def test_labels_beyond_2_to_the_53_are_exact_integers(tmp_path):
+    rows = good_rows()
+    big = 2**62 + 1  # not representable as a float
+    for row in rows:
+        if row["label"] == 5:
+            row["label"] = str(big)
+    rows[0]["label"] = "7.0"  # a float column: the big labels must still be read exactly
+    table = load_dataset_table(write_dataset(tmp_path / "ds", rows))
+    assert big in table["label"].tolist() and table["label"].dtype == np.int64 and 7 in table["label"].tolist()
+    rows[1]["label"] = str(2**63)
+    message = problems_of(write_dataset(tmp_path / "ds2", rows))
+    assert "1 problem" in message and "do not fit in a 64-bit integer at CSV line 3" in message
+    assert "not integers" not in message
+
+
+def test_string_labels_give_no_spurious_category_problem(tmp_path):
+    rows = good_rows()
+    rows[0]["label"], rows[2]["label"] = "cat", "dog"  # categories "even" and "odd"
+    message = problems_of(write_dataset(tmp_path / "ds", rows))
+    assert "1 problem" in message and "not integers at CSV lines 2, 4" in message
+    assert "several categories" not in message
+
+
+def test_dataset_root_that_is_a_file(tmp_path):
+    root = write_dataset(tmp_path / "ds", good_rows())
+    message = problems_of(root / "df.csv")
+    assert "df.csv is a file, but a folder is expected" in message and str(root) in message
