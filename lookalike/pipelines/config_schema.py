@@ -87,8 +87,11 @@ SCHEMA: dict[str, Key] = {
         # data
         _k("dataset_root", (STR, NULL), None, "dataset folder; null = the built-in example data (emoji)", section="data"),
         _k("csv", (STR,), "df.csv", "dataset CSV, relative to dataset_root or absolute", section="data"),
-        _k("check_images", (STR,), "exists", "image check when loading the CSV", choices=("exists", "decode", "none"),
-           section="data"),
+        _k("check_images", (STR,), "quick", "image check when loading the CSV: quick = header, pixel limit and a "
+           "reduced decode of every file (cached by path, size and mtime), before training starts",
+           choices=("quick", "exists", "decode", "none"), section="data"),
+        _k("max_pixels", (INT, NULL), None, "refuse images with more pixels (read from the header, before "
+           "decoding); null = 50 MP or $LOOKALIKE_MAX_PIXELS, 0 = no limit", minimum=0, section="data"),
         _k("image_size", (INT,), 224, "side of the square images the transforms produce", minimum=1, section="data"),
         _k("cache_images", (BOOL,), False, "keep decoded images in memory (small images)", section="data"),
         _k("num_workers", (INT,), 0, "DataLoader worker processes", minimum=0, section="data"),

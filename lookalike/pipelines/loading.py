@@ -34,7 +34,14 @@ def load_table(cfg: Mapping):
     """The validated dataset table of ``dataset_root/csv``."""
     from lookalike.data.validation import load_dataset_table
 
-    return load_dataset_table(dataset_root(cfg), cfg["csv"], check_images=cfg["check_images"])
+    return load_dataset_table(dataset_root(cfg), cfg["csv"], check_images=cfg["check_images"],
+                              max_pixels=max_pixels(cfg))
+
+
+def max_pixels(cfg: Mapping):
+    """The data layer's pixel limit for ``cfg['max_pixels']`` (null: its default, 0: none)."""
+    value = cfg.get("max_pixels")
+    return "default" if value is None else (None if value == 0 else int(value))
 
 
 def split_table(table, split: str, origin: str):
@@ -49,8 +56,8 @@ def split_table(table, split: str, origin: str):
 def make_dataset(table, transform, cfg: Mapping, *, cache: bool | None = None):
     from lookalike.data.datasets import ImageDataset
 
-    return ImageDataset(table, transform=transform,
-                        cache_images=cfg["cache_images"] if cache is None else cache)
+    return ImageDataset(table, transform=transform, cache_images=cfg["cache_images"] if cache is None else cache,
+                        max_pixels=max_pixels(cfg))
 
 
 def label_to_category(dataset: Any) -> dict | None:
