@@ -7,6 +7,7 @@ process is killed midway. Layer 0: imports nothing from lookalike.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 __all__ = ["atomic_path", "write_text_atomic", "write_bytes_atomic", "write_json_atomic", "to_jsonable",
-           "fsync_dir"]
+           "fsync_dir", "sha256_file"]
 
 
 def _umask() -> int:
@@ -89,3 +90,12 @@ def to_jsonable(obj: Any) -> Any:
 
 def write_json_atomic(path: str | Path, data: Any) -> Path:
     return write_text_atomic(path, json.dumps(to_jsonable(data), indent=2, allow_nan=True) + "\n")
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes as hex, read in 4 MiB chunks (checkpoints, stores, downloads)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

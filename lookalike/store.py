@@ -13,7 +13,6 @@ reported as such instead of silently pairing the wrong rows. Layer 1: numpy, pan
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -25,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from lookalike.errors import LookalikeError
-from lookalike.io import atomic_path, write_json_atomic
+from lookalike.io import atomic_path, sha256_file, write_json_atomic
 
 __all__ = ["EmbeddingsStore", "StoreError", "EMBEDDINGS_FILE", "MANIFEST_FILE", "HEADER_FILE", "FORMAT"]
 
@@ -34,19 +33,10 @@ MANIFEST_FILE = "manifest.csv"
 HEADER_FILE = "embeddings.json"
 FORMAT = "lookalike-embeddings/1"
 ID = "id"
-_CHUNK = 1 << 22
 
 
 class StoreError(LookalikeError):
     """An embeddings store folder is missing files, inconsistent or was written by something else."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def duplicate_ids(ids: pd.Series) -> pd.Series:
@@ -105,10 +95,10 @@ class EmbeddingsStore:
         with atomic_path(folder / EMBEDDINGS_FILE, suffix=".npy") as tmp:
             with open(tmp, "wb") as fh:
                 np.save(fh, np.ascontiguousarray(self.embeddings, dtype=np.float32))
-            emb_hash = _sha256(tmp)
+            emb_hash = sha256_file(tmp)
         with atomic_path(folder / MANIFEST_FILE, suffix=".csv") as tmp:
             self.manifest.to_csv(tmp, index=False)
-            man_hash = _sha256(tmp)
+            man_hash = sha256_file(tmp)
         header = {**self.header, "format": FORMAT, "count": len(self), "dim": self.dim, "dtype": "float32",
                   "created": self.header.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                   "files": {EMBEDDINGS_FILE: emb_hash, MANIFEST_FILE: man_hash}}
@@ -176,6 +166,6 @@ def _check_against_header(folder: Path, header: Mapping, embeddings: np.ndarray,
                          "rows: a write was interrupted or a file was replaced; write the store again.")
     if verify:
         for name, digest in (header.get("files") or {}).items():
-            if (folder / name).is_file() and _sha256(folder / name) != digest:
+            if (folder / name).is_file() and sha256_file(folder / name) != digest:
                 raise StoreError(f"embeddings store {folder}: {name} does not match the header's SHA-256 (a write "
                                  "was interrupted or the file was edited); write the store again.")

@@ -15,7 +15,6 @@ No entries are published yet (weights must be trained and hosted first).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import urllib.error
 import urllib.parse
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from lookalike.errors import CheckpointError, LookalikeError, unknown_choice
-from lookalike.io import atomic_path
+from lookalike.io import atomic_path, sha256_file
 
 __all__ = ["ZooEntry", "ZOO", "register", "default_cache_dir", "download_checkpoint", "zoo_checkpoint_path",
            "from_zoo"]
@@ -69,14 +68,6 @@ def _default_file_name(url: str, sha256: str) -> str:
     return f"{sha256.lower()[:16]}-{name}"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def download_checkpoint(url: str, sha256: str, cache_dir: str | os.PathLike | None = None,
                         file_name: str | None = None, progress: bool = True) -> Path:
     """The cached file for `url`: reused when present with the right SHA-256, else downloaded (temporary file,
@@ -86,7 +77,7 @@ def download_checkpoint(url: str, sha256: str, cache_dir: str | os.PathLike | No
         raise CheckpointError(f"zoo: {sha256!r} is not a SHA-256 (64 hex digits) for {url}.")
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = folder / (file_name or _default_file_name(url, sha256))
-    if target.is_file() and _sha256(target) == sha256:
+    if target.is_file() and sha256_file(target) == sha256:
         return target
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -105,7 +96,7 @@ def download_checkpoint(url: str, sha256: str, cache_dir: str | os.PathLike | No
                     for chunk in iter(lambda: response.read(_CHUNK), b""):
                         out.write(chunk)
                         bar.update(len(chunk))
-            actual = _sha256(tmp)
+            actual = sha256_file(tmp)
             if actual != sha256:
                 raise CheckpointError(f"download of {url} has SHA-256 {actual}, expected {sha256}; the file was "
                                       "discarded. Try again; if it persists the address serves another file.")

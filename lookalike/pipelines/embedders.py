@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Mapping
 
 from lookalike.errors import ConfigError
+from lookalike.io import sha256_file
 from lookalike.pipelines.runs import default_checkpoint, extractor_identity
 
 __all__ = ["DEFAULT_ONNX_NAME", "onnx_model_path", "build_embedder"]
@@ -31,16 +32,6 @@ def onnx_model_path(cfg: Mapping, source) -> Path:
     return path.resolve()
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def build_embedder(cfg: dict, source):
     """``(Embedder, identity)`` for ``cfg['runtime']``; identity says what made the embeddings: the extractor
     block, checkpoint and its SHA-256 (for ``onnx``: those recorded at export, plus the file and its SHA-256)."""
@@ -54,7 +45,7 @@ def build_embedder(cfg: dict, source):
         embedder = onnx_embedder(path, batch_size=cfg["bs_val"], num_workers=cfg["num_workers"])
         meta = embedder.model.metadata
         identity = {**(meta.source if meta is not None else {}),
-                    "runtime": "onnx", "onnx_model": str(path), "onnx_sha256": _sha256(path)}
+                    "runtime": "onnx", "onnx_model": str(path), "onnx_sha256": sha256_file(path)}
         return embedder, identity
     default_checkpoint(cfg, source)
     embedder = Embedder(builders.build_extractor(cfg), builders.build_transforms(cfg, "transforms_val"),

@@ -106,16 +106,12 @@ def default_checkpoint(cfg: dict, source) -> None:
 def extractor_identity(cfg: Mapping) -> dict:
     """What made a set of embeddings: the extractor block, the checkpoint file and its SHA-256, image size and
     validation transforms (saved beside embeddings and indexes, checked when they are loaded)."""
-    import hashlib
+    from lookalike.io import sha256_file
 
     identity = {"extractor": dict(cfg["extractor"]), "checkpoint": cfg.get("checkpoint"), "checkpoint_sha256": None,
                 "image_size": cfg.get("image_size"), "transforms": dict(cfg.get("transforms_val") or {})}
     ckpt = cfg.get("checkpoint")
     if ckpt and Path(ckpt).is_file():
-        digest = hashlib.sha256()
-        with open(ckpt, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
         identity["checkpoint"] = str(Path(ckpt).resolve())
-        identity["checkpoint_sha256"] = digest.hexdigest()
+        identity["checkpoint_sha256"] = sha256_file(ckpt)
     return identity
