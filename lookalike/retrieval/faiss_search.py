@@ -111,6 +111,11 @@ class FaissSearch(SearchBackend):
                     "or backend='exact' for a gallery this small."
                 ) from e
         index.add(x)
+        self._apply_parameters(faiss, index)
+        self.index = self._maybe_gpu(faiss, index)
+        self._key = key
+
+    def _apply_parameters(self, faiss: Any, index: Any) -> None:
         params = faiss.ParameterSpace()
         for name, value in (("nprobe", self.nprobe), ("efSearch", self.efSearch)):
             if value is not None:
@@ -118,8 +123,27 @@ class FaissSearch(SearchBackend):
                     params.set_index_parameter(index, name, value)
                 except RuntimeError:
                     pass  # this index type has no such parameter
-        self.index = self._maybe_gpu(faiss, index)
-        self._key = key
+
+    def write(self, path: str) -> None:
+        """Write the fitted index to ``path`` (faiss' own format; a GPU index is copied to the CPU first)."""
+        faiss = import_faiss()
+        if self.index is None:
+            raise LookalikeError("FaissSearch.write: nothing to write, fit() the index first.")
+        index = self.index
+        if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
+            index = faiss.index_gpu_to_cpu(index)
+        faiss.write_index(index, str(path))
+
+    def read(self, path: str) -> "FaissSearch":
+        """Load an index written by `write` (its search parameters re-applied); `query` then searches it."""
+        faiss = import_faiss()
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as e:
+            raise LookalikeError(f"{path} is not a readable faiss index ({_first_line(e)}).") from e
+        self._apply_parameters(faiss, index)
+        self.index, self._key = self._maybe_gpu(faiss, index), None
+        return self
 
     def _maybe_gpu(self, faiss: Any, index: Any) -> Any:
         if self.use_gpu is False:
@@ -152,13 +176,30 @@ class FaissSearch(SearchBackend):
                 f"queries have dimension {q.shape[1]} but gallery has {g.shape[1]}: both must come from the "
                 "same extractor."
             )
-        nq, ng = len(q), len(g)
+        if len(q) and len(g) and (self.index is None or key is None or key != self._key):
+            self._build(g, key)
+        return self._query(q, len(g), k, exclude)
+
+    @torch.no_grad()
+    def query(self, queries: Tensor, k: int, *, exclude: ExcludeSpec = None) -> tuple[Tensor, Tensor]:
+        """`search` against the already fitted (or `read`) index, without passing the gallery again: for
+        callers that keep one index and search it many times (positions are those of the fitted gallery)."""
+        if self.index is None:
+            raise LookalikeError("FaissSearch.query: the index is empty, fit() or read() it first.")
+        q = as_embeddings(queries, "queries")
+        if q.shape[1] != self.index.d:
+            raise LookalikeError(
+                f"queries have dimension {q.shape[1]} but the index holds dimension {self.index.d}: both must "
+                "come from the same extractor."
+            )
+        return self._query(q, int(self.index.ntotal), check_k(k), exclude)
+
+    def _query(self, q: Tensor, ng: int, k: int, exclude: ExcludeSpec) -> tuple[Tensor, Tensor]:
+        nq = len(q)
         out_d = torch.full((nq, k), _INF)
         out_i = torch.full((nq, k), -1, dtype=torch.int64)
         if nq == 0 or ng == 0:
             return out_d, out_i
-        if self.index is None or key is None or key != self._key:
-            self._build(g, key)
         excl = Exclusion(exclude, nq, ng)
         qx = self._vectors(q)
         if excl.empty:
