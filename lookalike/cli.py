@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lookalike.pipelines.commands import add_subcommands
 
     add_subcommands(subparsers)
+    from lookalike.serve.command import add_serve_subcommand
+
+    add_serve_subcommand(subparsers)
     return parser
 
 
