@@ -158,7 +158,7 @@ def _model_summary(info: dict) -> dict:
     """The model identity from index.json, without the long parts (transforms in full)."""
     info = dict(info or {})
     model = info.get("model") if isinstance(info.get("model"), dict) else info
-    keep = ("run", "checkpoint", "checkpoint_sha256", "sha256", "extractor", "image_size", "distance", "backend",
+    keep = ("run", "checkpoint", "checkpoint_sha256", "extractor", "image_size", "transforms", "distance", "backend",
             "created")
     summary = {key: model[key] for key in keep if key in model}
     for key in ("distance", "backend", "created"):

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 from PIL import Image
 
@@ -17,34 +16,23 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILT_IN = ROOT / "lookalike" / "assets" / "emoji_mini"
 
 
+#: `lookalike index` overrides of the test index: a random-init small CNN at 32 px over the built-in data
+TINY_INDEX = ["extractor={name: small_cnn, args: {channels: [8, 16, 32], embedding_dim: 32}}", "image_size=32",
+              "accelerator=cpu", "progress_bar=false", f"source={BUILT_IN / 'df.csv'}"]
+
+
 def build_index(folder: Path) -> Path:
-    """An index folder over the built-in data, made the way `lookalike index` makes one."""
+    """An index folder over the built-in data, built by the index pipeline (as `lookalike index` builds one)."""
+    import warnings
+
     import torch
 
-    from lookalike.data.transforms import get_transforms
-    from lookalike.index import SearchIndex
-    from lookalike.inference import Embedder, image_source
-    from lookalike.models import SmallCNNExtractor
-    from lookalike.store import EmbeddingsStore
+    from lookalike.pipelines.indexing import index
 
     torch.manual_seed(0)
-    embedder = Embedder(SmallCNNExtractor((8, 16, 32), embedding_dim=32), get_transforms("val", image_size=32),
-                        device="cpu")
-    source = image_source(BUILT_IN / "df.csv")
-    result = embedder.embed_source(source)
-    assert not result.failed
-    table = source.table.iloc[result.rows]
-    manifest = pd.DataFrame({"id": [source.ids[r] for r in result.rows], "path": table["path"].to_numpy()})
-    for column in ("label", "split", "category", "style", "unicode"):
-        manifest[column] = table[column].to_numpy()
-    store = EmbeddingsStore(result.embeddings, manifest)
-    SearchIndex.build(store, model={"extractor": {"name": "small_cnn"}, "image_size": 32},
-                      embedder=embedder).save(folder)
-    _EMBEDDERS[folder.name] = embedder  # TEMPORARY until open_index lands
-    return folder
-
-
-_EMBEDDERS = {}
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="checkpoint is null")
+        return index("default", [*TINY_INDEX, f"index_dir={folder}"])
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +48,9 @@ def index_dir(built_index: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def index(index_dir: Path):
-    from lookalike.index import SearchIndex
+    from lookalike.pipelines.indexing import open_index
 
-    return SearchIndex.load(index_dir, embedder=_EMBEDDERS["index"])  # TEMPORARY
+    return open_index(index_dir)
 
 
 @pytest.fixture

@@ -39,7 +39,10 @@ def test_health_reports_the_index(client, index):
     assert body["status"] == "ok"
     assert body["items"] == len(index) == N_ITEMS
     assert body["dim"] == index.dim == 32
-    assert body["model"]["extractor"] == {"name": "small_cnn"} and body["model"]["distance"] == "cosine"
+    model = body["model"]
+    assert model["extractor"]["name"] == "small_cnn" and model["image_size"] == 32 and model["distance"] == "cosine"
+    assert model["checkpoint_sha256"] == index.info["model"]["checkpoint_sha256"] and model["backend"] == "exact"
+    assert "config" not in model  # the summary, not the whole config
     assert body["writes_need_token"] is False
     assert body["limits"]["max_upload_mb"] == 10
 
