@@ -40,7 +40,7 @@ def parse_serve_options(items: Sequence[str]) -> dict[str, Any]:
         try:
             options[key] = kind(value)
         except ValueError:
-            raise ConfigError(f"serve: {key}={value!r} is not a {kind.__name__}.") from None
+            raise ConfigError(f"serve: {key}={value!r} is not {'an integer' if kind is int else 'a number'}.") from None
     if not 0 <= options["port"] <= 65535:
         raise ConfigError(f"serve: port={options['port']} is not a port number (0-65535).")
     for key in ("max_upload_mb", "max_pixels", "max_batch"):
