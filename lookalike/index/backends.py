@@ -56,8 +56,8 @@ def faiss_spec(backend: str, args: Mapping) -> tuple[str, dict]:
 
 def make_searcher(backend: str, args: Mapping, distance: str) -> ExactSearch | FaissSearch:
     """An unfitted search backend for ``backend`` with ``args`` (see `check_backend`)."""
-    if backend == "exact":
-        return make_backend("exact", distance)
+    if backend == "exact":  # searched many times over the same items: their norms are kept between searches
+        return ExactSearch(distance, cache_gallery=True)
     factory, options = faiss_spec(backend, args)
     return make_backend(f"faiss:{factory}", distance, **options)
 

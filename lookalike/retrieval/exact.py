@@ -83,6 +83,15 @@ _INF = float("inf")
 _REL32 = 2 * U32 + U32 * U32 + 1e-12
 
 
+def _key_of(gallery) -> tuple | None:
+    """Identity of a gallery tensor (object, storage, shape, in-place version): a cached gallery is reused only
+    while this is unchanged."""
+    if isinstance(gallery, Tensor) and gallery.dtype == torch.float32 and gallery.is_contiguous() \
+            and gallery.device.type == "cpu":
+        return (id(gallery), gallery.data_ptr(), tuple(gallery.shape), gallery._version)
+    return None
+
+
 def _fp32_matmul_is_ieee() -> bool:
     """False when torch may run fp32 matmuls with bf16/tf32 inputs (then the fp32 bound widens)."""
     try:
@@ -120,17 +129,33 @@ def _fast_norms(x: Tensor) -> Tensor:
 class _Prepared:
     """Per-search precomputation: float64 norms, screening vectors' error terms, bound constants."""
 
-    def __init__(self, queries: Tensor, gallery: Tensor, distance: str, precision: str):
+    def __init__(self, queries: Tensor, gallery: Tensor, distance: str, precision: str,
+                 gallery_cache: dict | None = None):
         self.q, self.g, self.distance, self.precision = queries, gallery, distance, precision
         self.d = d = queries.shape[1]
         cosine = distance == "cosine"
+        # the gallery's terms depend on the gallery alone: kept in ``gallery_cache`` between searches when given
+        cache = gallery_cache if gallery_cache is not None else {}
         # accurate float64 norms for screening and bounds; canonical (tree-sum) squared query norms for cosine
-        self.q_norm, self.g_norm = _fast_norms(queries), _fast_norms(gallery)
+        self.q_norm = _fast_norms(queries)
+        if "g_norm" not in cache:
+            cache["g_norm"] = _fast_norms(gallery)
+        self.g_norm = cache["g_norm"]
         self.q_sq_canonical = row_sq_norms(queries) if cosine else None
         self.q_inv = self._inverse(self.q_norm) if cosine else None
-        self.g_inv = self._inverse(self.g_norm) if cosine else None
+        if cosine and "g_inv" not in cache:
+            cache["g_inv"] = self._inverse(self.g_norm)
+        self.g_inv = cache.get("g_inv") if cosine else None
+        #: the whole gallery's fp32 screening vectors, when cached (else they are made block by block)
+        self.g_screen = None
+        if gallery_cache is not None and self.g_inv is not None:
+            if "g_screen" not in cache:
+                cache["g_screen"] = self.prep32(gallery, self.g_inv)
+            self.g_screen = cache["g_screen"]
         if distance == "euclidean":
-            self.neg_gsq = (-self.g_norm.square()).float()
+            if "neg_gsq" not in cache:
+                cache["neg_gsq"] = (-self.g_norm.square()).float()
+            self.neg_gsq = cache["neg_gsq"]
         self.gamma = d * U32 / (1.0 - d * U32)
         self.g_hat_max = float((self.g_norm > TINY_NORM).any()) if cosine else float(self.g_norm.max())
         self.q_hat = (self.q_norm > TINY_NORM).double() if cosine else self.q_norm
@@ -139,8 +164,10 @@ class _Prepared:
         self.e32_g, self.b32_g = rel * self.g_hat_max, (1 + rel) * self.g_hat_max
         self.ieee = _fp32_matmul_is_ieee()
         if precision == "bf16":
-            e_g, b_g = self._measure_bf16(gallery, self.g_norm, self.g_inv)
-            self.e_g_max, self.b_g_max = float(e_g.max()), float(b_g.max())
+            if "bf16" not in cache:
+                e_g, b_g = self._measure_bf16(gallery, self.g_norm, self.g_inv)
+                cache["bf16"] = (float(e_g.max()), float(b_g.max()))
+            self.e_g_max, self.b_g_max = cache["bf16"]
             self.e_q, self.b_q = self._measure_bf16(queries, self.q_norm, self.q_inv)
 
     @staticmethod
@@ -322,8 +349,14 @@ class ExactSearch(SearchBackend):
         gallery_chunk_size: int = 4096,
         precision: str = "auto",
         extra_candidates: int | None = None,
+        cache_gallery: bool = False,
     ):
         self.distance = check_distance(distance)
+        #: keep the gallery's norms and screening vectors between searches of the same gallery tensor (an index
+        #: searched one query at a time); costs one more copy of the gallery for cosine
+        self.cache_gallery = bool(cache_gallery)
+        self._gallery_key: tuple | None = None
+        self._gallery_cache: dict = {}
         if precision not in PRECISIONS:
             raise LookalikeError(f"Unknown precision {precision!r}; use one of {', '.join(map(repr, PRECISIONS))}.")
         for name, value in (("query_chunk_size", query_chunk_size), ("gallery_chunk_size", gallery_chunk_size)):
@@ -350,7 +383,17 @@ class ExactSearch(SearchBackend):
     ) -> tuple[Tensor, Tensor]:
         """Top-``k`` gallery positions and canonical distances per query, padded with ``(-1, +inf)``."""
         q = as_embeddings(queries, "queries")
-        g = as_embeddings(gallery, "gallery")
+        cache = None
+        if self.cache_gallery:
+            key = _key_of(gallery)
+            if key is None or key != self._gallery_key:
+                g = as_embeddings(gallery, "gallery")
+                self._gallery_key, self._gallery_cache = key, {}
+            else:
+                g = gallery  # checked when it was first searched
+            cache = self._gallery_cache
+        else:
+            g = as_embeddings(gallery, "gallery")
         k = check_k(k)
         if q.shape[1] != g.shape[1]:
             raise LookalikeError(
@@ -368,7 +411,7 @@ class ExactSearch(SearchBackend):
         if precision == "auto":
             precision = "bf16" if native_bf16_matmul() and nq * ng >= AUTO_BF16_MIN_PAIRS else "fp32"
         self.last_stats["precision"] = precision
-        prep = _Prepared(q, g, self.distance, precision)
+        prep = _Prepared(q, g, self.distance, precision, cache)
         extra = self.extra_candidates
         if extra is None:  # fp32 screening is accurate to ~1e-5 unless torch runs fp32 matmuls in bf16/tf32
             extra = 8 if prep.precision == "fp32" and prep.ieee else max(32, k)
@@ -410,7 +453,9 @@ class ExactSearch(SearchBackend):
             g1 = min(g0 + gc, ng)
             m = g1 - g0
             G = prep.g[g0:g1]
-            if g_buf is not None:
+            if prep.g_screen is not None:
+                G = prep.g_screen[g0:g1]
+            elif g_buf is not None:
                 G = prep.prep32(G, prep.g_inv[g0:g1], out=g_buf[: m * d].view(m, d))
             if bf16:
                 G = G.bfloat16()
