@@ -78,6 +78,8 @@ SAFETY = 1.25
 GROUP = 16
 #: query rows per score tile (a tile x gallery_chunk_size block stays cache-friendly)
 _TILE_ROWS = 2048
+#: score-block size from which few-query searches stop widening their gallery blocks
+_BLOCK_SCORES = 1 << 20
 _INF = float("inf")
 #: relative error of fp32 normalisation ``x * fl32(1 / |x|_64)``: two roundings, plus the float64 norm's own error
 _REL32 = 2 * U32 + U32 * U32 + 1e-12
@@ -157,7 +159,9 @@ class _Prepared:
                 cache["neg_gsq"] = (-self.g_norm.square()).float()
             self.neg_gsq = cache["neg_gsq"]
         self.gamma = d * U32 / (1.0 - d * U32)
-        self.g_hat_max = float((self.g_norm > TINY_NORM).any()) if cosine else float(self.g_norm.max())
+        if "g_hat_max" not in cache:
+            cache["g_hat_max"] = float((self.g_norm > TINY_NORM).any()) if cosine else float(self.g_norm.max())
+        self.g_hat_max = cache["g_hat_max"]
         self.q_hat = (self.q_norm > TINY_NORM).double() if cosine else self.q_norm
         # fp32 screening terms (analytic)
         rel = _REL32 if cosine else 0.0
@@ -436,8 +440,9 @@ class ExactSearch(SearchBackend):
     def _screen(self, prep: _Prepared, qpos: Tensor, K: int, excl: Exclusion) -> tuple[Tensor, Tensor]:
         """Running top-``K`` screening scores (larger = closer; -inf = none) and gallery positions per query."""
         n, ng, d = len(qpos), len(prep.g), prep.d
-        gc = min(self.gallery_chunk_size, ng)
         tile = min(_TILE_ROWS, n)
+        # few queries: wider gallery blocks (a score block stays <= _BLOCK_SCORES), so fewer merges per query
+        gc = min(max(self.gallery_chunk_size, _BLOCK_SCORES // max(tile, 1)), ng)
         bf16 = prep.precision == "bf16"
         euclidean = self.distance == "euclidean"
         chunk_excl = excl.for_queries(qpos)
