@@ -18,7 +18,7 @@ __all__ = ["SERVE_DEFAULTS", "parse_serve_options", "serve", "add_serve_subcomma
 TOKEN_ENV = "LOOKALIKE_TOKEN"
 SERVE_DEFAULTS: dict[str, Any] = {"host": "127.0.0.1", "port": 8000, "max_upload_mb": 10.0,
                                   "max_pixels": 40_000_000, "batch_wait_ms": 5.0, "max_batch": 32,
-                                  "device": "cpu", "log_level": "info"}
+                                  "device": "cpu", "threads": 0, "log_level": "info"}
 
 _EXAMPLES = """examples:
   lookalike serve runs/2024-05-01_10-00-00/index                 # http://127.0.0.1:8000/ (the web page)
@@ -43,6 +43,8 @@ def parse_serve_options(items: Sequence[str]) -> dict[str, Any]:
             raise ConfigError(f"serve: {key}={value!r} is not {'an integer' if kind is int else 'a number'}.") from None
     if not 0 <= options["port"] <= 65535:
         raise ConfigError(f"serve: port={options['port']} is not a port number (0-65535).")
+    if options["threads"] < 0:
+        raise ConfigError(f"serve: threads must be >= 0 (0 = torch's default), got {options['threads']}.")
     for key in ("max_upload_mb", "max_pixels", "max_batch"):
         if options[key] <= 0:
             raise ConfigError(f"serve: {key} must be positive, got {options[key]}.")
@@ -61,6 +63,10 @@ def serve(index_dir: str | Path, **options: Any) -> None:
     from lookalike.serve.app import create_app
 
     opts = {**SERVE_DEFAULTS, **options}
+    if opts["threads"] > 0:  # on a crowded CPU one thread per model call beats threads waiting for each other
+        import torch
+
+        torch.set_num_threads(opts["threads"])
     index = open_index(index_dir, device=opts["device"])
     token = os.environ.get(TOKEN_ENV) or None
     app = create_app(index, token=token, max_upload_mb=opts["max_upload_mb"], max_pixels=opts["max_pixels"],
@@ -87,5 +93,6 @@ def add_serve_subcommand(subparsers) -> None:
     p.add_argument("index_dir", help="an index folder written by 'lookalike index'")
     p.add_argument("options", nargs="*", metavar="KEY=VALUE",
                    help="host (default 127.0.0.1), port (8000), max_upload_mb (10), max_pixels (40000000), "
-                        "batch_wait_ms (5), max_batch (32; 1 = no micro-batching), device (cpu), log_level (info)")
+                        "batch_wait_ms (5), max_batch (32; 1 = no micro-batching), device (cpu), threads (torch threads; 0 = "
+                        "torch's default), log_level (info)")
     p.set_defaults(handler=_run_serve)
