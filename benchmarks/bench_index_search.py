@@ -4,6 +4,7 @@ batched throughput; build times. Data: clustered unit vectors (bench_search.clus
 
     .venv/bin/python benchmarks/bench_index_search.py            # 1M x 64 (a few minutes), writes RESULTS.md
     .venv/bin/python benchmarks/bench_index_search.py --quick    # 100k, prints only
+    .venv/bin/python benchmarks/bench_index_search.py --n 200000 # another size, writes RESULTS.md
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from bench_search import clustered, rss_peak_mb  # noqa: E402
 from lookalike.index import SearchIndex  # noqa: E402
 from lookalike.store import EmbeddingsStore  # noqa: E402
 
-SECTION = "## Search index: search-only latency over 1M items (exact vs HNSW)"
+SECTION = "## Search index: search-only latency, exact vs HNSW, with recall"
 
 
 def loadavg() -> str:
@@ -97,7 +98,8 @@ def main() -> None:
     after = loadavg()
 
     lines = [SECTION, "",
-             f"Command: `.venv/bin/python benchmarks/bench_index_search.py{' --quick' if args.quick else ''}`. "
+             f"Command: `.venv/bin/python benchmarks/bench_index_search.py"
+             f"{' --quick' if args.quick else ('' if n == 1_000_000 else f' --n {n}')}`. "
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads, "
              f"torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Load average "
              f"(1/5/15 min) {before} before and {after} after, on CPUs shared with other engineers' jobs: "
