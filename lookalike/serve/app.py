@@ -353,8 +353,15 @@ def _add_routes(app: FastAPI, service: _Service) -> None:
 
 
 def _stored_upload(service: _Service, item_id: str) -> Path | None:
-    """The file of an item that was uploaded to this server (inside upload_dir), else None; 404 if unknown."""
-    path = Path(service.index.image_path(item_id)).resolve()
+    """The file of an item that was uploaded to this server (inside upload_dir), else None."""
+    from lookalike.index import UnknownItemError
+
+    if item_id not in service.index:
+        return None
+    try:
+        path = Path(service.index.image_path(item_id)).resolve()
+    except UnknownItemError:  # an item without an image file
+        return None
     upload_dir = service.upload_dir.resolve()
     return path if path.parent == upload_dir else None
 
