@@ -1,6 +1,6 @@
 """The web page in a real browser: Debian's Chromium driven by Playwright opens the page of a running
 `lookalike serve` over the built-in data, uploads an image, sees it come back first at distance ~0, and clicks
-a result to search by it. Saves the screenshot of docs/images/serve.png.
+a result to search by it. With LOOKALIKE_UPDATE_SCREENSHOT=1 it saves docs/images/serve.png (the README's).
 
 Skipped only where Chromium is absent and the CI variable is not set; in CI a missing browser is a failure."""
 
@@ -36,7 +36,7 @@ def browser():
             browser.close()
 
 
-def test_upload_an_image_and_click_a_result(browser, index_dir):
+def test_upload_an_image_and_click_a_result(browser, index_dir, tmp_path):
     query_file = Path(ROOT / "lookalike" / "assets" / "emoji_mini" / QUERY)
     with Server(index_dir) as server:
         page = browser.new_page(viewport={"width": 1280, "height": 860})
@@ -57,8 +57,9 @@ def test_upload_an_image_and_click_a_result(browser, index_dir):
         assert "results for the uploaded image" in page.inner_text("#status")
         page.wait_for_function("Array.from(document.querySelectorAll('#results img')).every(i => i.complete && "
                                "i.naturalWidth > 0)")
-        SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOT), full_page=False)
+        shot = SCREENSHOT if os.environ.get("LOOKALIKE_UPDATE_SCREENSHOT") else tmp_path / "serve.png"
+        page.screenshot(path=str(shot), full_page=False)
+        assert shot.stat().st_size > 10_000
 
         second = cards.nth(1).get_attribute("data-id")
         cards.nth(1).click()
