@@ -1,4 +1,4 @@
-"""The `lookalike` command: check-data, and the pipelines (train, validate, predict, registry).
+"""The `lookalike` command: check-data, the pipelines (train, validate, predict, registry, index, ...) and serve.
 
 User errors (bad data, bad config, bad checkpoint) print one message and exit with code 2; no traceback.
 """

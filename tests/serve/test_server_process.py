@@ -49,6 +49,7 @@ def test_the_token_comes_from_the_environment(index_dir):
     ("port=many", "port='many' is not an integer"),
     ("max_upload_mb=0", "max_upload_mb must be positive"),
     ("9000", "expected key=value options"),
+    ("threads=-1", "threads must be >= 0"),
 ])
 def test_bad_options_are_one_message_and_exit_2(option, message, index_dir, capsys):
     assert main(["serve", str(index_dir), option]) == 2
