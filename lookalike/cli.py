@@ -1,4 +1,4 @@
-"""The `lookalike` command: check-data, and the pipelines (train, validate, predict, registry).
+"""The `lookalike` command: check-data, the pipelines (train, validate, predict, registry, index, ...) and serve.
 
 User errors (bad data, bad config, bad checkpoint) print one message and exit with code 2; no traceback.
 """
@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lookalike.pipelines.commands import add_subcommands
 
     add_subcommands(subparsers)
+    from lookalike.serve.command import add_serve_subcommand
+
+    add_serve_subcommand(subparsers)
     return parser
 
 

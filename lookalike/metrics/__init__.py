@@ -5,7 +5,7 @@ Definitions with worked examples: docs/metrics.md.
 
 from lookalike.metrics import fnmr
 from lookalike.metrics.embedding_metrics import EmbeddingMetrics, evaluate_embeddings
-from lookalike.metrics.fnmr import fnmr_at_fmr
+from lookalike.metrics.fnmr import fmr_thresholds, fnmr_at_fmr
 from lookalike.metrics.functional import (
     HAS_RELEVANT,
     OVERALL,
@@ -28,6 +28,7 @@ __all__ = [
     "evaluate_embeddings",
     "fnmr",
     "fnmr_at_fmr",
+    "fmr_thresholds",
     "has_relevant",
     "map_at_k",
     "map_at_r",

@@ -39,7 +39,7 @@ from lookalike.retrieval.base import as_embeddings, check_distance
 from lookalike.retrieval.bounds import U32
 from lookalike.retrieval.pairs import PairStream
 
-__all__ = ["fnmr_at_fmr"]
+__all__ = ["fnmr_at_fmr", "fmr_thresholds"]
 
 _BINS = 1 << 16
 #: a kept set holding more negatives than this is split by another histogram pass instead of being kept
@@ -239,6 +239,27 @@ def fnmr_at_fmr(
     Distances are the canonical ones exact search reports. Memory: one (query_chunk_size x gallery_chunk_size)
     block, the positives' distances, a histogram and the negatives near each threshold.
     """
+    found = fmr_thresholds(embeddings, labels, is_query, is_gallery, fmr_vals, sequences=sequences,
+                           distance=distance, query_chunk_size=query_chunk_size,
+                           gallery_chunk_size=gallery_chunk_size)
+    return {f: (None if v is None else v["fnmr"]) for f, v in found.items()}
+
+
+def fmr_thresholds(
+    embeddings: Any,
+    labels: Any,
+    is_query: Any,
+    is_gallery: Any,
+    fmr_vals: Iterable[float],
+    *,
+    sequences: Any = None,
+    distance: str = "cosine",
+    query_chunk_size: int = 1024,
+    gallery_chunk_size: int = 8192,
+) -> dict[float, dict | None]:
+    """For each FMR value: ``{"threshold", "fnmr", "n_positive", "n_negative"}``, where ``threshold`` is the
+    distance at which that fraction of the negative pairs match (the quantile `fnmr_at_fmr` uses) and ``fnmr``
+    the fraction of positive pairs farther than it; None where there is no positive or no negative pair."""
     fmr_vals = [float(f) for f in fmr_vals]
     if any(not 0.0 < f <= 1.0 for f in fmr_vals):
         raise LookalikeError(f"fmr_vals are fractions in (0, 1] (e.g. 0.001 for 0.1%), got {fmr_vals}")
@@ -277,11 +298,12 @@ def fnmr_at_fmr(
     positions = {f: f * (n_neg - 1) for f in fmr_vals}
     ranks = sorted({int(p) for p in positions.values()} | {min(int(p) + 1, n_neg - 1) for p in positions.values()})
     keys = _order_statistics(pairs, root, root_low, root_width, ranks)  # usually one more pass
-    out: dict[float, float | None] = {}
+    out: dict[float, dict | None] = {}
     for f, p in positions.items():
         lo, hi = int(p), min(int(p) + 1, n_neg - 1)
         d_lo, d_hi = pairs.to_distance(keys[lo]), pairs.to_distance(keys[hi])
         t = p - lo  # numpy's linear interpolation, rounding included (so the two agree to the last bit)
         threshold = d_lo + t * (d_hi - d_lo) if t < 0.5 else d_hi - (d_hi - d_lo) * (1 - t)
-        out[f] = float((pos_dist > threshold).double().mean())
+        out[f] = {"threshold": float(threshold), "fnmr": float((pos_dist > threshold).double().mean()),
+                  "n_positive": len(pos_dist), "n_negative": n_neg}
     return out

@@ -1,4 +1,5 @@
-"""CLI subcommands of the pipelines: ``train``, ``validate``, ``predict``, ``export`` and ``registry``.
+"""CLI subcommands of the pipelines: ``train``, ``validate``, ``predict``, ``export``, ``registry``, and the
+search commands ``index``, ``search``, ``dedup`` and ``export-index``.
 
 ``lookalike/cli.py`` wires them in with ``add_subcommands(subparsers)``; each handler is stored as the parser
 default ``handler``, takes the parsed namespace, returns an exit code and raises ``LookalikeError`` for user
@@ -32,6 +33,17 @@ _EXAMPLES = {
     "export": """examples:
   lookalike export runs/2024-05-01_10-00-00                    # -> runs/.../export/model.onnx (+ .json files)
   lookalike export runs/2024-05-01_10-00-00 out=model.onnx opset=18 exporter=torchscript samples=128""",
+    "index": """examples:
+  lookalike index runs/2024-05-01_10-00-00 source=photos/              # -> runs/2024-05-01_10-00-00/index
+  lookalike index runs/x source=items.csv index_dir=items_index backend=faiss_hnsw
+  lookalike index runs/x source=items.csv backend=faiss_ivf backend_args='{nlist: 256, nprobe: 32}'""",
+    "search": """examples:
+  lookalike search runs/x/index query.png                   # top 5 as a table
+  lookalike search runs/x/index queries/ top_k=10 format=csv > results.csv""",
+    "dedup": """examples:
+  lookalike dedup runs/x source=photos/ threshold=0.05      # a distance of your choosing
+  lookalike dedup runs/x source=photos/ fmr=0.001           # the distance with FMR 0.1% on the validation split
+  lookalike dedup runs/x/index threshold=0.05               # the indexed items themselves""",
 }
 
 
@@ -90,6 +102,59 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_index(args: argparse.Namespace) -> int:
+    from lookalike.pipelines.indexing import index
+
+    config, overrides = split_config_and_overrides(args.items)
+    index(config, overrides)
+    return 0
+
+
+def _options(items: Sequence[str], allowed: dict[str, object], command: str) -> tuple[list[str], dict]:
+    """Positional items and ``key=value`` options (YAML values) of a command with a fixed set of options."""
+    from lookalike.pipelines.config import yaml_load
+
+    positional, options = [], dict(allowed)
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or "/" in key or key.startswith("."):
+            positional.append(item)
+            continue
+        if key not in allowed:
+            from lookalike.errors import suggest
+
+            raise ConfigError(f"{command}: unknown option {key!r}{suggest(key, allowed)}; options: "
+                              f"{', '.join(allowed)}.")
+        options[key] = yaml_load(value)
+    return positional, options
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from lookalike.pipelines.searching import search
+
+    queries, opts = _options(args.items, {"top_k": 5, "format": "table", "device": "cpu"}, "search")
+    print(search(args.index_dir, queries, top_k=opts["top_k"], fmt=str(opts["format"]),
+                 device=str(opts["device"])))
+    return 0
+
+
+def _run_dedup(args: argparse.Namespace) -> int:
+    from lookalike.pipelines.deduplication import dedup
+
+    dedup(args.target, args.items)
+    return 0
+
+
+def _run_export_index(args: argparse.Namespace) -> int:
+    from lookalike.pipelines.searching import export_index
+
+    rest, opts = _options(args.items, {"out": None}, "export-index")
+    if rest or not opts["out"]:
+        raise ConfigError("export-index: give the output file as out=FILE.parquet (and nothing else).")
+    export_index(args.index_dir, str(opts["out"]))
+    return 0
+
+
 def _format_default(p: inspect.Parameter) -> str:
     if p.default is inspect.Parameter.empty:
         return f"{p.name} (required)"
@@ -139,7 +204,8 @@ def _run_registry(args: argparse.Namespace) -> int:
 
 
 def add_subcommands(subparsers) -> None:
-    """Adds train, validate, predict, export and registry to an argparse subparsers object."""
+    """Adds train, validate, predict, export, index, search, dedup, export-index and registry to an argparse
+    subparsers object."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser("train", help="train an extractor from a config", epilog=_EXAMPLES["train"],
                               formatter_class=fmt)
@@ -164,6 +230,32 @@ def add_subcommands(subparsers) -> None:
                    help="a run folder (or config), then format=onnx, out=FILE.onnx, opset=N, "
                         "exporter=dynamo|torchscript, samples=N and any config overrides")
     p.set_defaults(handler=_run_export)
+
+    p = subparsers.add_parser("index", help="embed a folder or CSV with a run's model into a search index",
+                              epilog=_EXAMPLES["index"], formatter_class=fmt)
+    p.add_argument("items", nargs="*", metavar="RUN|CONFIG KEY=VALUE",
+                   help="a run folder (or config), then source=<CSV or folder> [index_dir=DIR] "
+                        "[backend=exact|faiss_flat|faiss_ivf|faiss_hnsw] [backend_args={...}] and config overrides")
+    p.set_defaults(handler=_run_index)
+
+    p = subparsers.add_parser("search", help="the nearest indexed items of query images",
+                              epilog=_EXAMPLES["search"], formatter_class=fmt)
+    p.add_argument("index_dir", help="an index folder written by `lookalike index`")
+    p.add_argument("items", nargs="*", metavar="IMAGE_OR_FOLDER|KEY=VALUE",
+                   help="query images or folders, then [top_k=5] [format=table|json|csv] [device=cpu]")
+    p.set_defaults(handler=_run_search)
+
+    p = subparsers.add_parser("dedup", help="groups of near-duplicate images (duplicates.csv and a picture)",
+                              epilog=_EXAMPLES["dedup"], formatter_class=fmt)
+    p.add_argument("target", help="a run folder or config (with source=...), or an index folder")
+    p.add_argument("items", nargs="*", metavar="KEY=VALUE",
+                   help="source=<folder or CSV>, threshold=D or fmr=F, [out=DIR], config overrides")
+    p.set_defaults(handler=_run_dedup)
+
+    p = subparsers.add_parser("export-index", help="an index as a Parquet file (id, embedding, manifest columns)")
+    p.add_argument("index_dir", help="an index folder")
+    p.add_argument("items", nargs="*", metavar="out=FILE.parquet")
+    p.set_defaults(handler=_run_export_index)
 
     p = subparsers.add_parser("registry", help="list the components a config can name, with their arguments")
     p.add_argument("kind", nargs="?", default=None,

@@ -13,10 +13,11 @@ from lookalike.io import atomic_path
 from lookalike.pipelines.config import load_config
 from lookalike.pipelines.runs import output_folder, save_config
 
-__all__ = ["predict"]
+__all__ = ["predict", "source_of", "manifest_of"]
 
 
-def _source(cfg: Mapping):
+def source_of(cfg: Mapping):
+    """The images a config names: ``predict_source`` (a CSV or a folder), else every row of the dataset CSV."""
     from lookalike.inference import image_source
     from lookalike.pipelines import loading
 
@@ -29,6 +30,17 @@ def _source(cfg: Mapping):
         images.origin = str(root / cfg["csv"])
         return images
     return image_source(cfg["predict_source"])
+
+
+def manifest_of(images, rows: list[int]):
+    """The manifest of the embedded ``rows`` of an ``ImageSource``: ``id``, ``path``, then every other column."""
+    import pandas as pd
+
+    table, ids = images.table, images.ids
+    manifest = pd.DataFrame({"id": [ids[r] for r in rows], schema.PATH: table[schema.PATH].iloc[rows].to_numpy()})
+    for column in (c for c in table.columns if c not in (schema.PATH, "id", "row")):
+        manifest[column] = table[column].iloc[rows].to_numpy()
+    return manifest
 
 
 def predict(config: Mapping | str | Path | None = None, overrides: Iterable[str] = (), *,
@@ -46,14 +58,12 @@ def predict(config: Mapping | str | Path | None = None, overrides: Iterable[str]
     overrides = list(overrides)
     cfg, source = load_config(config, overrides, pipeline="predict", trust_config=trust_config)
     embedder, identity = build_embedder(cfg, source)
-    images = _source(cfg)
+    images = source_of(cfg)
     result = embedder.embed_source(images, progress=cfg["progress_bar"])
 
     table, ids, rows = images.table, images.ids, result.rows.tolist()
-    manifest = pd.DataFrame({"row": rows, "id": [ids[r] for r in rows],
-                             schema.PATH: table[schema.PATH].iloc[rows].to_numpy()})
-    for column in (c for c in table.columns if c not in (schema.PATH, "id", "row")):
-        manifest[column] = table[column].iloc[rows].to_numpy()
+    manifest = manifest_of(images, rows)
+    manifest.insert(0, "row", rows)
     header = {"distance": cfg["metric_args"].get("distance", "cosine") if cfg.get("metric_args") else "cosine",
               "extractor": identity, "source": images.origin}
     out_dir = output_folder(cfg, source, "predictions", overrides)

@@ -82,6 +82,15 @@ def sort_by_distance_then_index(distances: Tensor, indices: Tensor) -> tuple[Ten
     return distances.gather(1, order), indices.gather(1, order)
 
 
+def gallery_key(gallery: Any) -> tuple | None:
+    """Identity of a float32 CPU tensor (object, storage, shape, in-place version): what a backend may cache about
+    a gallery (its checked copy, norms, a built index) is reused only while this is unchanged."""
+    if isinstance(gallery, Tensor) and gallery.dtype == torch.float32 and gallery.is_contiguous() \
+            and gallery.device.type == "cpu":
+        return (id(gallery), gallery.data_ptr(), tuple(gallery.shape), gallery._version)
+    return None
+
+
 class SearchBackend(ABC):
     """Top-k nearest gallery items for every query; ``distance`` is one of `DISTANCES` (smaller is closer).
 
@@ -96,7 +105,12 @@ class SearchBackend(ABC):
     ) -> tuple[Tensor, Tensor]:
         """Return ``(distances (Nq, k) float32, indices (Nq, k) int64)``; padding is ``(+inf, -1)``."""
         q = as_embeddings(queries, "queries")
-        g = as_embeddings(gallery, "gallery")
+        key = gallery_key(gallery)
+        if key is not None and key == getattr(self, "_checked_gallery", None):
+            g = gallery  # checked when this very tensor was first searched (an index searched query by query)
+        else:
+            g = as_embeddings(gallery, "gallery")
+            self._checked_gallery = key
         k = check_k(k)
         if q.shape[1] != g.shape[1]:
             raise LookalikeError(

@@ -89,27 +89,47 @@ def fast_norms(x: Tensor) -> Tensor:
 class ScreeningBounds:
     """Per-search precomputation: float64 norms, screening vectors' error terms, bound constants."""
 
-    def __init__(self, queries: Tensor, gallery: Tensor, distance: str, precision: str):
+    def __init__(self, queries: Tensor, gallery: Tensor, distance: str, precision: str,
+                 gallery_cache: dict | None = None):
         self.q, self.g, self.distance, self.precision = queries, gallery, distance, precision
         self.d = d = queries.shape[1]
         cosine = distance == "cosine"
+        # the gallery's terms depend on the gallery alone: kept in ``gallery_cache`` between searches when given
+        cache = gallery_cache if gallery_cache is not None else {}
         # accurate float64 norms for screening and bounds; canonical (tree-sum) squared query norms for cosine
-        self.q_norm, self.g_norm = fast_norms(queries), fast_norms(gallery)
+        self.q_norm = fast_norms(queries)
+        if "g_norm" not in cache:
+            cache["g_norm"] = fast_norms(gallery)
+        self.g_norm = cache["g_norm"]
         self.q_sq_canonical = row_sq_norms(queries) if cosine else None
         self.q_inv = self._inverse(self.q_norm) if cosine else None
-        self.g_inv = self._inverse(self.g_norm) if cosine else None
+        if cosine and "g_inv" not in cache:
+            cache["g_inv"] = self._inverse(self.g_norm)
+        self.g_inv = cache.get("g_inv") if cosine else None
+        #: the whole gallery's fp32 screening vectors, when cached (else they are made block by block)
+        self.g_screen = None
+        if gallery_cache is not None and self.g_inv is not None:
+            if "g_screen" not in cache:
+                cache["g_screen"] = self.prep32(gallery, self.g_inv)
+            self.g_screen = cache["g_screen"]
         if distance == "euclidean":
-            self.neg_gsq = (-self.g_norm.square()).float()
+            if "neg_gsq" not in cache:
+                cache["neg_gsq"] = (-self.g_norm.square()).float()
+            self.neg_gsq = cache["neg_gsq"]
         self.gamma = d * U32 / (1.0 - d * U32)
-        self.g_hat_max = float((self.g_norm > TINY_NORM).any()) if cosine else float(self.g_norm.max())
+        if "g_hat_max" not in cache:
+            cache["g_hat_max"] = float((self.g_norm > TINY_NORM).any()) if cosine else float(self.g_norm.max())
+        self.g_hat_max = cache["g_hat_max"]
         self.q_hat = (self.q_norm > TINY_NORM).double() if cosine else self.q_norm
         # fp32 screening terms (analytic)
         rel = _REL32 if cosine else 0.0
         self.e32_g, self.b32_g = rel * self.g_hat_max, (1 + rel) * self.g_hat_max
         self.ieee = fp32_matmul_is_ieee()
         if precision == "bf16":
-            e_g, b_g = self._measure_bf16(gallery, self.g_norm, self.g_inv)
-            self.e_g_max, self.b_g_max = float(e_g.max()), float(b_g.max())
+            if "bf16" not in cache:
+                e_g, b_g = self._measure_bf16(gallery, self.g_norm, self.g_inv)
+                cache["bf16"] = (float(e_g.max()), float(b_g.max()))
+            self.e_g_max, self.b_g_max = cache["bf16"]
             self.e_q, self.b_q = self._measure_bf16(queries, self.q_norm, self.q_inv)
 
     @staticmethod

@@ -32,6 +32,7 @@ from lookalike.retrieval.base import (
     Exclusion,
     SearchBackend,
     check_distance,
+    gallery_key,
     sort_by_distance_then_index,
 )
 from lookalike.retrieval.bounds import ScreeningBounds, native_bf16_matmul
@@ -45,6 +46,8 @@ AUTO_BF16_MIN_PAIRS = 25_000_000
 GROUP = 16
 #: query rows per score tile (a tile x gallery_chunk_size block stays cache-friendly)
 _TILE_ROWS = 2048
+#: score-block size from which few-query searches stop widening their gallery blocks
+_BLOCK_SCORES = 1 << 20
 _INF = float("inf")
 
 
@@ -128,8 +131,14 @@ class ExactSearch(SearchBackend):
         gallery_chunk_size: int = 4096,
         precision: str = "auto",
         extra_candidates: int | None = None,
+        cache_gallery: bool = False,
     ):
         self.distance = check_distance(distance)
+        #: keep the gallery's norms and screening vectors between searches of the same gallery tensor (an index
+        #: searched one query at a time); costs one more copy of the gallery for cosine
+        self.cache_gallery = bool(cache_gallery)
+        self._gallery_key: tuple | None = None
+        self._gallery_cache: dict = {}
         if precision not in PRECISIONS:
             raise LookalikeError(f"Unknown precision {precision!r}; use one of {', '.join(map(repr, PRECISIONS))}.")
         for name, value in (("query_chunk_size", query_chunk_size), ("gallery_chunk_size", gallery_chunk_size)):
@@ -163,7 +172,13 @@ class ExactSearch(SearchBackend):
         if precision == "auto":
             precision = "bf16" if native_bf16_matmul() and nq * ng >= AUTO_BF16_MIN_PAIRS else "fp32"
         self.last_stats["precision"] = precision
-        prep = ScreeningBounds(q, g, self.distance, precision)
+        cache = None
+        if self.cache_gallery:
+            key = gallery_key(gallery)
+            if key is None or key != self._gallery_key:
+                self._gallery_key, self._gallery_cache = key, {}
+            cache = self._gallery_cache
+        prep = ScreeningBounds(q, g, self.distance, precision, cache)
         extra = self.extra_candidates
         if extra is None:  # fp32 screening is accurate to ~1e-5 unless torch runs fp32 matmuls in bf16/tf32
             extra = 8 if prep.precision == "fp32" and prep.ieee else max(32, k)
@@ -188,8 +203,9 @@ class ExactSearch(SearchBackend):
     def _screen(self, prep: ScreeningBounds, qpos: Tensor, K: int, excl: Exclusion) -> tuple[Tensor, Tensor]:
         """Running top-``K`` screening scores (larger = closer; -inf = none) and gallery positions per query."""
         n, ng, d = len(qpos), len(prep.g), prep.d
-        gc = min(self.gallery_chunk_size, ng)
         tile = min(_TILE_ROWS, n)
+        # few queries: wider gallery blocks (a score block stays <= _BLOCK_SCORES), so fewer merges per query
+        gc = min(max(self.gallery_chunk_size, _BLOCK_SCORES // max(tile, 1)), ng)
         bf16 = prep.precision == "bf16"
         euclidean = self.distance == "euclidean"
         chunk_excl = excl.for_queries(qpos)
@@ -205,7 +221,9 @@ class ExactSearch(SearchBackend):
             g1 = min(g0 + gc, ng)
             m = g1 - g0
             G = prep.g[g0:g1]
-            if g_buf is not None:
+            if prep.g_screen is not None:
+                G = prep.g_screen[g0:g1]
+            elif g_buf is not None:
                 G = prep.prep32(G, prep.g_inv[g0:g1], out=g_buf[: m * d].view(m, d))
             if bf16:
                 G = G.bfloat16()

@@ -15,10 +15,13 @@ from torch import Tensor
 
 from lookalike.errors import LookalikeError
 from lookalike.retrieval.base import (
+    ExcludeSpec,
     Exclusion,
     SearchBackend,
     as_embeddings,
     check_distance,
+    check_k,
+    gallery_key,
     sort_by_distance_then_index,
 )
 
@@ -77,7 +80,7 @@ class FaissSearch(SearchBackend):
 
     def fit(self, gallery: Tensor) -> "FaissSearch":
         """Build (and train, for IVF/PQ) the index on ``gallery``; `search` reuses it for the same tensor."""
-        self._build(as_embeddings(gallery, "gallery"), _key_of(gallery))
+        self._build(as_embeddings(gallery, "gallery"), gallery_key(gallery))
         return self
 
     def _build(self, g: Tensor, key: tuple | None) -> None:
@@ -104,6 +107,11 @@ class FaissSearch(SearchBackend):
                     "or backend='exact' for a gallery this small."
                 ) from e
         index.add(x)
+        self._apply_parameters(faiss, index)
+        self.index = self._maybe_gpu(faiss, index)
+        self._key = key
+
+    def _apply_parameters(self, faiss: Any, index: Any) -> None:
         params = faiss.ParameterSpace()
         for name, value in (("nprobe", self.nprobe), ("efSearch", self.efSearch)):
             if value is not None:
@@ -111,8 +119,27 @@ class FaissSearch(SearchBackend):
                     params.set_index_parameter(index, name, value)
                 except RuntimeError:
                     pass  # this index type has no such parameter
-        self.index = self._maybe_gpu(faiss, index)
-        self._key = key
+
+    def write(self, path: str) -> None:
+        """Write the fitted index to ``path`` (faiss' own format; a GPU index is copied to the CPU first)."""
+        faiss = import_faiss()
+        if self.index is None:
+            raise LookalikeError("FaissSearch.write: nothing to write, fit() the index first.")
+        index = self.index
+        if hasattr(faiss, "index_gpu_to_cpu") and "Gpu" in type(index).__name__:
+            index = faiss.index_gpu_to_cpu(index)
+        faiss.write_index(index, str(path))
+
+    def read(self, path: str) -> "FaissSearch":
+        """Load an index written by `write` (its search parameters re-applied); `query` then searches it."""
+        faiss = import_faiss()
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as e:
+            raise LookalikeError(f"{path} is not a readable faiss index ({_first_line(e)}).") from e
+        self._apply_parameters(faiss, index)
+        self.index, self._key = self._maybe_gpu(faiss, index), None
+        return self
 
     def _maybe_gpu(self, faiss: Any, index: Any) -> Any:
         if self.use_gpu is False:
@@ -133,12 +160,32 @@ class FaissSearch(SearchBackend):
     # --- search ----------------------------------------------------------------------------------------
     def _search(self, q: Tensor, g: Tensor, k: int, excl: Exclusion, gallery=None) -> tuple[Tensor, Tensor]:
         """Top-``k`` gallery positions and distances per query (faiss' own float32 distances), padded (-1, +inf)."""
-        key = _key_of(gallery)
-        nq, ng = len(q), len(g)
-        out_d = torch.full((nq, k), _INF)
-        out_i = torch.full((nq, k), -1, dtype=torch.int64)
+        key = gallery_key(gallery)
         if self.index is None or key is None or key != self._key:
             self._build(g, key)
+        return self._query(q, len(g), k, excl)
+
+    @torch.no_grad()
+    def query(self, queries: Tensor, k: int, *, exclude: ExcludeSpec = None) -> tuple[Tensor, Tensor]:
+        """`search` against the already fitted (or `read`) index, without passing the gallery again: for
+        callers that keep one index and search it many times (positions are those of the fitted gallery)."""
+        if self.index is None:
+            raise LookalikeError("FaissSearch.query: the index is empty, fit() or read() it first.")
+        q = as_embeddings(queries, "queries")
+        if q.shape[1] != self.index.d:
+            raise LookalikeError(
+                f"queries have dimension {q.shape[1]} but the index holds dimension {self.index.d}: both must "
+                "come from the same extractor."
+            )
+        k, nq, ng = check_k(k), len(q), int(self.index.ntotal)
+        if nq == 0 or ng == 0:
+            return torch.full((nq, k), _INF), torch.full((nq, k), -1, dtype=torch.int64)
+        return self._query(q, ng, k, Exclusion(exclude, nq, ng))
+
+    def _query(self, q: Tensor, ng: int, k: int, excl: Exclusion) -> tuple[Tensor, Tensor]:
+        nq = len(q)
+        out_d = torch.full((nq, k), _INF)
+        out_i = torch.full((nq, k), -1, dtype=torch.int64)
         qx = self._vectors(q)
         if excl.empty:
             want = torch.full((nq,), min(k, ng), dtype=torch.int64)
@@ -177,13 +224,6 @@ class FaissSearch(SearchBackend):
         else:
             dist = sim.clamp_min(0.0).sqrt()
         return dist.masked_fill(idx < 0, _INF), idx
-
-
-def _key_of(gallery: Any) -> tuple | None:
-    """Identity of a gallery tensor (object, storage, shape, in-place version) to reuse a built index."""
-    if isinstance(gallery, Tensor):
-        return (id(gallery), gallery.data_ptr(), tuple(gallery.shape), gallery._version)
-    return None
 
 
 def _first_line(e: Exception) -> str:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lookalike.errors import LookalikeError
-from lookalike.metrics import fnmr, fnmr_at_fmr
+from lookalike.metrics import fmr_thresholds, fnmr, fnmr_at_fmr
 from lookalike.retrieval import pair_distances
 from lookalike.retrieval.pairs import PairStream
 
@@ -184,3 +184,19 @@ def test_near_ties_equal_canonical_reference(monkeypatch, distance):
     monkeypatch.setattr(fnmr, "_MAX_KEPT", 5)
     assert fnmr_at_fmr(emb, labels, is_query, is_gallery, FMRS, distance=distance, query_chunk_size=50,
                        gallery_chunk_size=70) == expected
+
+
+def test_thresholds_are_the_negative_quantiles():
+    """fmr_thresholds (what `lookalike dedup fmr=F` uses): the canonical negatives' numpy quantile, exactly."""
+    emb, labels, is_query, is_gallery, _ = random_set(seed=5)
+    found = fmr_thresholds(emb, labels, is_query, is_gallery, FMRS, query_chunk_size=64, gallery_chunk_size=100)
+    q, g = np.flatnonzero(is_query), np.flatnonzero(is_gallery)
+    qq, gg = np.meshgrid(np.arange(len(q)), np.arange(len(g)), indexing="ij")
+    dist = pair_distances(emb[q], emb[g], torch.from_numpy(qq.ravel()), torch.from_numpy(gg.ravel()), "cosine")
+    dist = dist.double().numpy().reshape(len(q), len(g))
+    same, pair = labels[q][:, None] == labels[g][None, :], q[:, None] != g[None, :]
+    neg, pos = dist[~same & pair], dist[same & pair]
+    for f in FMRS:
+        assert found[f]["threshold"] == float(np.quantile(neg, f))
+        assert found[f]["fnmr"] == float((pos > np.quantile(neg, f)).mean())
+        assert (found[f]["n_positive"], found[f]["n_negative"]) == (len(pos), len(neg))

@@ -229,3 +229,23 @@ def test_auto_precision_picks_bf16_only_for_large_searches_on_bf16_hardware(monk
         d, i = search.search(q, g, 5)
         assert search.last_stats["precision"] == expected
         assert torch.equal(d, reference[0]) and torch.equal(i, reference[1])
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean", "inner_product"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_cached_gallery_gives_the_same_results_bit_for_bit(distance, precision):
+    """cache_gallery keeps the gallery's norms and screening vectors between searches (an index searched one
+    query at a time); the answers are those of a fresh search, and an in-place change of the gallery is seen."""
+    gen = torch.Generator().manual_seed(0)
+    g = torch.randn(3000, 24, generator=gen)
+    q = torch.randn(40, 24, generator=gen)
+    plain = ExactSearch(distance, precision=precision, gallery_chunk_size=512)
+    cached = ExactSearch(distance, precision=precision, gallery_chunk_size=512, cache_gallery=True)
+    for rows in (slice(0, 1), slice(1, 40), slice(0, 40)):
+        d0, i0 = plain.search(q[rows], g, 7)
+        d1, i1 = cached.search(q[rows], g, 7)
+        assert torch.equal(d0, d1) and torch.equal(i0, i1)
+    g[5] = q[0] * (2.0 if distance == "inner_product" else 1.0)  # in place: the cache must not be used any more
+    d0, i0 = plain.search(q[:1], g, 3)
+    d1, i1 = cached.search(q[:1], g, 3)
+    assert torch.equal(d0, d1) and torch.equal(i0, i1) and int(i1[0, 0]) == 5
