@@ -11,7 +11,12 @@ from typing import Iterable, Mapping
 from lookalike.data import schema
 from lookalike.io import atomic_path
 from lookalike.pipelines.config import load_config
-from lookalike.pipelines.runs import default_checkpoint, extractor_identity, output_folder, save_config
+from lookalike.pipelines.runs import (
+    default_checkpoint,
+    extractor_identity,
+    output_folder,
+    save_config,
+)
 
 __all__ = ["predict"]
 
