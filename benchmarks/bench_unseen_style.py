@@ -80,7 +80,7 @@ def main() -> None:
         if args.seen_run is not None:
             lookalike("validate", str(args.seen_run.resolve()), *common, "run_name=seen")
             seen = cmc(tmp / "seen" / "metrics.json")
-    lines = [f"- trained without `{args.style}` ({int(epochs) + 1} epochs, {trained_s / 60:.1f} min of training "
+    lines = [f"- trained without `{args.style}` ({int(epochs)} epochs, {trained_s / 60:.1f} min of training "
              f"within a {args.minutes:g}-min budget, {wall / 60:.1f} min wall): "
              f"CMC@1 **{unseen['cmc1']:.3f}**, CMC@5 {unseen['cmc5']:.3f} over {unseen['queries']} "
              f"`{args.style}` queries against the other styles."]

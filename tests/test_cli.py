@@ -89,3 +89,14 @@ def test_python_dash_m_runs_the_cli(dataset_root):
     done = subprocess.run([sys.executable, "-m", "lookalike", "check-data", str(dataset_root / "nope")],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "is not a folder" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_overrides_may_follow_an_option():
+    from lookalike.pipelines.commands import parse_args
+
+    args = parse_args(build_parser(), ["train", "cfg.yaml", "--resume", "runs/a", "max_epochs=2", "seed=1"])
+    assert args.items == ["cfg.yaml", "max_epochs=2", "seed=1"] and args.resume == "runs/a"
+    args = parse_args(build_parser(), ["validate", "runs/a", "--trust-config", "bs_val=8"])
+    assert args.items == ["runs/a", "bs_val=8"] and args.trust_config
+    with pytest.raises(SystemExit):
+        parse_args(build_parser(), ["train", "cfg.yaml", "--resume", "runs/a", "--bogus"])

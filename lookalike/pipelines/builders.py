@@ -107,6 +107,8 @@ def load_extractor_weights(extractor, checkpoint: str | Path) -> None:
     try:
         load_into(extractor, state if state is not None else path)
     except CheckpointError as exc:
+        if "does not match" not in str(exc):  # refused or unreadable: the extractor's arguments are not the cause
+            raise
         raise CheckpointError(f"checkpoint {path}: {exc} (compare extractor.args with the training config)") \
             from None
 

@@ -13,7 +13,7 @@ import lightning.pytorch as pl
 
 from lookalike.io import write_json_atomic
 
-__all__ = ["TrainingClock", "RunRecorder"]
+__all__ = ["TrainingClock", "ValidationSchedule", "RunRecorder"]
 
 
 class TrainingClock(pl.Callback):
@@ -55,8 +55,25 @@ class TrainingClock(pl.Callback):
         self.seconds = float(state_dict.get("seconds", 0.0))
 
 
+class ValidationSchedule(pl.Callback):
+    """Validates inside the fit loop every ``period`` epochs, after the last epoch, and when training stops early
+    (the time budget): every validation of a training run then competes for best.ckpt, and a finished run always
+    has one. (Lightning reads ``check_val_every_n_epoch`` after each batch's hooks, so it is set there.)"""
+
+    def __init__(self, period: int) -> None:
+        self.period = int(period)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        epoch = trainer.current_epoch
+        due = (epoch + 1) % self.period == 0 or epoch + 1 >= (trainer.max_epochs or 0) or trainer.should_stop
+        trainer.check_val_every_n_epoch = 1 if due else epoch + 2
+
+
 class RunRecorder(pl.Callback):
-    """Rank zero writes the metrics JSON of every validation, the per-epoch history, and worst-query pictures."""
+    """Rank zero writes the metrics JSON of every validation, the per-epoch history, and worst-query pictures.
+
+    One numbering everywhere: epoch N = after N epochs of training (0 = before training), in file names
+    (``metrics/epoch_001.json``), ``history.json`` keys, ``metrics.json``'s ``epoch``, curves and messages."""
 
     def __init__(self, run_dir: Path, *, log_images: bool = False, n_worst_queries: int = 6,
                  image_saver: Callable | None = None, clock: TrainingClock | None = None) -> None:
@@ -65,19 +82,20 @@ class RunRecorder(pl.Callback):
         self.n_worst_queries = n_worst_queries
         self.image_saver = image_saver
         self.clock = clock
-        self.tag: str | None = None  # set by the pipeline for validations outside fit ("initial", "final")
+        self.epoch: int | None = None  # set by the pipeline for validations outside fit (0: before training)
         self.history_path = self.run_dir / "history.json"
         self.history: dict[str, dict] = {}
+        self.last_epoch: int | None = None  # epoch number of the latest recorded validation
 
-    def load_history(self, before_epoch: int | None) -> None:
-        """Resume: keep the recorded epochs before ``before_epoch`` (a killed run may have written later ones)."""
+    def load_history(self, completed_epochs: int | None) -> None:
+        """Resume: keep the records up to ``completed_epochs`` (a killed run may have written later ones)."""
         if self.history_path.is_file():
             data = json.loads(self.history_path.read_text())
             self.history = {k: v for k, v in data.items()
-                            if before_epoch is None or not k.isdigit() or int(k) < before_epoch}
+                            if completed_epochs is None or not k.isdigit() or int(k) <= completed_epochs}
 
-    def _entry(self, key: str) -> dict:
-        return self.history.setdefault(key, {})
+    def _entry(self, epoch: int) -> dict:
+        return self.history.setdefault(str(epoch), {})
 
     def _write_history(self) -> None:
         ordered = dict(sorted(self.history.items(), key=lambda kv: (not kv[0].isdigit(), kv[0].zfill(9))))
@@ -86,14 +104,15 @@ class RunRecorder(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero or pl_module.last_results is None:
             return
-        key = self.tag or str(trainer.current_epoch)
-        stem = key if not key.isdigit() else f"epoch_{int(key):03d}"
-        payload = {"epoch": key, "global_step": trainer.global_step, "metrics": pl_module.last_results}
+        epoch = self.epoch if self.epoch is not None else trainer.current_epoch + 1
+        stem = f"epoch_{epoch:03d}"
+        self.last_epoch = epoch
+        payload = {"epoch": epoch, "global_step": trainer.global_step, "metrics": pl_module.last_results}
         write_json_atomic(self.run_dir / "metrics" / f"{stem}.json", payload)
         write_json_atomic(self.run_dir / "metrics.json", payload)
-        self._entry(key)["val"] = pl_module.last_flat
+        self._entry(epoch)["val"] = pl_module.last_flat
         if self.clock is not None:
-            self._entry(key)["train_seconds"] = round(self.clock.seconds, 3)
+            self._entry(epoch)["train_seconds"] = round(self.clock.seconds, 3)
         self._write_history()
         if self.log_images and self.image_saver is not None:
             try:
@@ -108,5 +127,5 @@ class RunRecorder(pl.Callback):
         for name, value in trainer.callback_metrics.items():
             if name in ("loss_epoch",) or name.startswith("train/"):
                 train[name.replace("_epoch", "")] = float(value)
-        self._entry(str(trainer.current_epoch))["train"] = train
+        self._entry(trainer.current_epoch + 1)["train"] = train
         self._write_history()

@@ -10,6 +10,7 @@ checks are ``config_checks``.
 from __future__ import annotations
 
 import copy
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,9 @@ from lookalike.pipelines.config_checks import (
 )
 from lookalike.pipelines.config_schema import (  # re-exported: the schema is part of this module's interface
     INFERRED_ARGS,
+    INPUT_PATH_KEYS,
     NESTED_BLOCKS,
+    PATH_KEYS,
     REQUIRED,
     SCHEMA,
     Key,
@@ -102,6 +105,8 @@ class ConfigSource:
     #: False for a config a run wrote (a run folder's config.yaml, or a file with its header): it may come from
     #: someone else, so its import paths are followed only when the user vouches for it (see ``trust``)
     trusted: bool = True
+    #: the folder of the YAML file (relative input paths in it are relative to this folder); None for a dict
+    folder: Path | None = None
 
 
 def read_config(config: Mapping | str | Path | None) -> ConfigSource:
@@ -140,7 +145,7 @@ def read_config(config: Mapping | str | Path | None) -> ConfigSource:
         raise ConfigError(f"config {path}: the top level must be a mapping of keys, got {type(raw).__name__}.")
     written_by_a_run = run_dir is not None or text.startswith(RUN_CONFIG_HEADER)
     return ConfigSource(raw, str(path), run_dir.resolve() if run_dir is not None else None,
-                        trusted=not written_by_a_run)
+                        trusted=not written_by_a_run, folder=path.resolve().parent)
 
 
 _KEY_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -158,6 +163,9 @@ def parse_overrides(overrides: Iterable[str]) -> list[tuple[list[str], Any]]:
         key = key.strip()
         if not _KEY_PATH.match(key):
             raise ConfigError(f"override {item!r}: {key!r} is not a dotted key path like optimizer.args.lr.")
+        if key in PATH_KEYS and not text.strip():
+            raise ConfigError(f"override {item!r}: empty path (an unset shell variable?); give a path, or write "
+                              f"{key}=null for the default ({SCHEMA[key].doc}).")
         try:
             value = yaml_load(text) if text.strip() else None
         except yaml.YAMLError as exc:
@@ -202,15 +210,45 @@ def resolve_config(raw: Mapping, overrides: Iterable[str] = (), origin: str = "<
     return out
 
 
+def anchor_paths(raw: Mapping, folder: Path | None) -> dict:
+    """``raw`` with its relative input paths (dataset_root, checkpoint, predict_source) made relative to the
+    folder of the YAML file that names them, so a config works from any working directory."""
+    out = dict(raw)
+    if folder is None:
+        return out
+    for key in INPUT_PATH_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and value.strip() and not Path(value).expanduser().is_absolute():
+            out[key] = str(folder / value)
+    return out
+
+
+def absolute_paths(cfg: dict, origin: str = "<dict>") -> dict:
+    """Every path key made absolute (relative ones against the working directory), in place; an empty path is
+    an error, never a silent default."""
+    for key in PATH_KEYS:
+        value = cfg.get(key)
+        if not isinstance(value, str):
+            continue
+        if not value.strip():
+            raise ConfigError(f"config {origin}: {key} is an empty string; give a path, or null for the default "
+                              f"({SCHEMA[key].doc}).")
+        cfg[key] = os.path.abspath(os.path.expanduser(value))
+    return cfg
+
+
 def load_config(config: Mapping | str | Path | None, overrides: Iterable[str] = (), *,
                 pipeline: str = "train", trust_config: bool = False) -> tuple[dict, ConfigSource]:
     """Read, override, schema-check and component-check a config for ``pipeline`` (train, validate, predict).
 
     Import paths (``name: module:attr``) of a config a run wrote are refused before anything is imported unless
-    ``trust_config``, the command line or ``LOOKALIKE_TRUSTED_IMPORTS`` vouches for them (see ``trust``)."""
+    ``trust_config``, the command line or ``LOOKALIKE_TRUSTED_IMPORTS`` vouches for them (see ``trust``). Paths
+    come out absolute: relative input paths of a YAML file against its folder, the rest against the working
+    directory."""
     overrides = list(overrides)
     source = read_config(config)
-    cfg = resolve_config(source.raw, overrides, source.origin)
+    cfg = resolve_config(anchor_paths(source.raw, source.folder), overrides, source.origin)
+    absolute_paths(cfg, source.origin)
     check_trust(cfg, trusted_source=source.trusted, origin=source.origin, trust_config=trust_config,
                 from_overrides=[path for _, path in foreign_imports(apply_overrides({}, overrides))])
     check_components(cfg, pipeline, source.origin)

@@ -12,7 +12,14 @@ import typing
 from typing import Any, Callable, Mapping
 
 from lookalike.errors import ConfigError, suggest
-from lookalike.pipelines.config_schema import INFERRED_ARGS, NESTED_BLOCKS, SCHEMA, Key, is_int, is_num
+from lookalike.pipelines.config_schema import (
+    INFERRED_ARGS,
+    NESTED_BLOCKS,
+    SCHEMA,
+    Key,
+    is_int,
+    is_num,
+)
 from lookalike.pipelines.registry import REGISTRIES, signature_without
 
 __all__ = ["check_values", "normalise_block", "check_args", "check_components", "config_error"]
@@ -159,10 +166,15 @@ def check_args(where: str, fn: Callable, fixed: Mapping[str, Any], args: Mapping
             continue
         if isinstance(value, dict) and "name" in value:
             continue  # a nested block, checked by its own registry
-        if _annotation_ok(hints.get(arg, params[arg].annotation), value) is False:
+        verdict = _annotation_ok(hints.get(arg, params[arg].annotation), value)
+        if verdict is False:
             ann = hints.get(arg, params[arg].annotation)
             ann_words = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
             errors.append(f"{where}.{arg}: {name} expects {ann_words}, got {value!r} ({type(value).__name__}).")
+        elif verdict is None and isinstance(value, str) and value != "auto" and is_num(params[arg].default):
+            # an annotation too rich to check (e.g. float | Tensor): a number by default is not a word
+            errors.append(f"{where}.{arg}: {name} expects a number (default {params[arg].default!r}), got "
+                          f"{value!r} (str).")
     for p in params.values():
         if p.default is inspect.Parameter.empty and p.name not in args and p.name not in inferred:
             errors.append(f"{where}.{p.name}: required argument of {name} is missing.")

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
-__all__ = ["SCHEMA", "Key", "Type", "REQUIRED", "INFERRED_ARGS", "NESTED_BLOCKS", "PRECISIONS", "is_int", "is_num",
+__all__ = ["SCHEMA", "INPUT_PATH_KEYS", "PATH_KEYS", "Key", "Type", "REQUIRED", "INFERRED_ARGS", "NESTED_BLOCKS", "PRECISIONS", "is_int", "is_num",
            "schema_markdown"]
 
 
@@ -85,7 +85,9 @@ SCHEMA: dict[str, Key] = {
     k.name: k
     for k in [
         # data
-        _k("dataset_root", (STR, NULL), None, "dataset folder; null = the built-in example data (emoji)", section="data"),
+        _k("dataset_root", (STR, NULL), None,
+           "dataset folder (relative: to the YAML file naming it); null = the built-in example data (emoji)",
+           section="data"),
         _k("csv", (STR,), "df.csv", "dataset CSV, relative to dataset_root or absolute", section="data"),
         _k("check_images", (STR,), "quick", "image check when loading the CSV: quick = header, pixel limit and a "
            "reduced decode of every file (cached by path, size and mtime), before training starts",
@@ -98,7 +100,8 @@ SCHEMA: dict[str, Key] = {
         _k("bs_train", (INT,), 64, "training batch size when sampler is null", minimum=1, section="data"),
         _k("bs_val", (INT,), 128, "validation / prediction batch size", minimum=1, section="data"),
         _k("predict_source", (STR, NULL), None,
-           "predict: a CSV (column `path`) or a folder of images; null = every row of dataset_root/csv",
+           "predict: a CSV (column `path`) or a folder of images (relative: to the YAML file naming it); null = every "
+           "row of dataset_root/csv",
            section="data"),
         # components
         _k("transforms_train", (COMPONENT,), {"name": "train", "args": {}}, "training transforms",
@@ -131,6 +134,9 @@ SCHEMA: dict[str, Key] = {
            "epochs during which the extractor's `backbone` (or the whole extractor) is frozen", minimum=0,
            section="training"),
         _k("gradient_clip_val", (NUM, NULL), None, "clip gradient norm to this value", section="training"),
+        _k("accumulate_grad_batches", (INT,), 1,
+           "optimizer step every this many batches (gradients summed over them, averaged like DDP ranks)",
+           minimum=1, section="training"),
         _k("precision", (INT, STR), 32, "32, bf16-mixed, 16-mixed, ...", choices=PRECISIONS, section="training"),
         _k("channels_last", (BOOL,), False,
            "run convolutions in NHWC layout (faster CNNs on CPUs and with mixed precision on GPUs)",
@@ -140,7 +146,7 @@ SCHEMA: dict[str, Key] = {
         _k("strategy", (STR,), "auto", "Lightning strategy: auto, ddp, ddp_spawn, ...", section="training"),
         _k("checkpoint", (STR, NULL), None,
            "extractor weights: validate/predict evaluate them, train starts from them (a .ckpt of a run or a "
-           "weights file)", section="training"),
+           "weights file; relative: to the YAML file naming it)", section="training"),
         # validation
         _k("valid_period", (INT,), 1, "validate every this many epochs (and after the last one)", minimum=1,
            section="validation"),
@@ -157,8 +163,12 @@ SCHEMA: dict[str, Key] = {
         _k("log_images", (BOOL,), False, "save pictures of the worst queries at each validation", section="validation"),
         _k("n_worst_queries", (INT,), 6, "how many worst queries the pictures show", minimum=1, section="validation"),
         # output
-        _k("output_dir", (STR,), "runs", "folder holding run folders", section="output"),
+        _k("output_dir", (STR,), "runs", "folder holding run folders (relative: to the working directory)",
+           section="output"),
         _k("run_name", (STR, NULL), None, "run folder name inside output_dir; null = a timestamp", section="output"),
+        _k("overwrite", (BOOL,), False,
+           "validate / predict may replace the results in an existing run_name folder (never a training run's)",
+           section="output"),
         _k("progress_bar", (BOOL,), True, "show progress bars", section="output"),
         # inference runtime (lookalike export writes the ONNX file)
         _k("runtime", (STR,), "torch", "predict: run the extractor in torch, or its exported ONNX file in "
@@ -167,6 +177,11 @@ SCHEMA: dict[str, Key] = {
            "runtime onnx: the .onnx file; null = <run folder>/export/model.onnx", section="inference"),
     ]
 }
+
+#: paths the pipelines read: relative ones in a YAML file are relative to that file's folder
+INPUT_PATH_KEYS = ("dataset_root", "checkpoint", "predict_source")
+#: every path key; all are stored absolute in a run's config.yaml, and an empty value is an error
+PATH_KEYS = (*INPUT_PATH_KEYS, "output_dir")
 
 #: arguments the pipeline fills in per block: "owned" = always set by the pipeline (a user value is an error),
 #: "absent" = filled when the user leaves it out or writes `auto`, "auto" = filled only when required or `auto`.

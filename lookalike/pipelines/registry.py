@@ -43,6 +43,11 @@ def import_object(path: str, where: str) -> Any:
             f"{where}: cannot import module {module_name!r} for {path!r} ({type(exc).__name__}: {exc}). "
             "Check the spelling and that the package is installed or on PYTHONPATH."
         ) from None
+    except Exception as exc:  # the module itself fails while it is imported (a bug, a missing file, ...)
+        raise ConfigError(
+            f"{where}: importing module {module_name!r} for {path!r} failed inside that module "
+            f"({type(exc).__name__}: {exc}); fix the module, or pick a registered name."
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):

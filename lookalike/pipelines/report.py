@@ -55,15 +55,15 @@ def plot_history(history: Mapping[str, Mapping], path: str | Path) -> Path | Non
 
     series: dict[str, tuple[list[float], list[float]]] = {}
     for key, entry in history.items():
-        x = -1 if key == "initial" else int(key) if key.isdigit() else None
-        if x is None:
+        if not key.isdigit():
             continue
+        x = int(key)  # epochs as the run counts them: N = after N epochs, 0 = before training
         for section in ("train", "val"):
             for name, value in (entry.get(section) or {}).items():
                 if section == "val" and not name.startswith("OVERALL/"):
                     continue
                 xs, ys = series.setdefault(name, ([], []))
-                xs.append(x + 1)  # epochs counted from 1; 0 = before training
+                xs.append(x)
                 ys.append(value)
     if not series:
         return None

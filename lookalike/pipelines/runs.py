@@ -32,19 +32,35 @@ def _timestamp() -> str:
     return time.strftime("%Y-%m-%d_%H-%M-%S")
 
 
+def _holds_training_run(folder: Path) -> bool:
+    ckpts = folder / "checkpoints"
+    return ckpts.is_dir() and any(ckpts.iterdir())
+
+
+def _holds_files(folder: Path) -> bool:
+    return folder.is_dir() and any(folder.iterdir())
+
+
 def new_run_dir(cfg: Mapping, prefix: str = "", *, fresh: bool = True) -> Path:
-    """``output_dir/run_name`` (or a timestamp); with ``fresh``, a folder that already holds a run's checkpoints
-    is refused (training must not overwrite another run)."""
-    if launched_rank() > 0 and os.environ.get(RUN_DIR_ENV):
-        return Path(os.environ[RUN_DIR_ENV])
+    """``output_dir/run_name`` (or a new timestamped folder). A named folder that already holds something is
+    never written over silently: a training run's folder is refused (``fresh``: train; else validate / predict,
+    which must not replace a run's config or metrics), other results only with ``overwrite: true``."""
+    if launched_rank() > 0:  # rank 0 picked (and checked) the folder
+        if os.environ.get(RUN_DIR_ENV):
+            return Path(os.environ[RUN_DIR_ENV])
+        if cfg.get("run_name"):
+            return (Path(cfg["output_dir"]).expanduser() / cfg["run_name"]).resolve()
     base = Path(cfg["output_dir"]).expanduser()
     if cfg.get("run_name"):
         run_dir = base / cfg["run_name"]
-        if fresh and (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
-            raise ConfigError(
-                f"run_name: the folder {run_dir} already holds a run; continue it with --resume {run_dir}, "
-                "or pick another run_name (or null for a timestamp)."
-            )
+        if _holds_training_run(run_dir):
+            hint = (f"continue it with --resume {run_dir}, or pick another run_name (or null for a timestamp)"
+                    if fresh else f"its own results go inside it: run on the folder itself ({run_dir}) without "
+                                  "output_dir / run_name, or pick another run_name")
+            raise ConfigError(f"run_name: the folder {run_dir} already holds a training run; {hint}.")
+        if _holds_files(run_dir) and not cfg.get("overwrite"):
+            raise ConfigError(f"run_name: the folder {run_dir} already holds results; pick another run_name (or "
+                              "null for a new timestamped folder), or set overwrite=true to replace them.")
     else:
         name = f"{prefix}{_timestamp()}"
         run_dir = base / name
@@ -82,10 +98,17 @@ def save_config(cfg: Mapping, path: Path) -> Path:
 
 def output_folder(cfg: dict, source, kind: str, overrides: Iterable[str] = ()) -> Path:
     """``<run folder>/<kind>`` when the config came from a run folder (and output_dir / run_name are not
-    overridden), else a new run folder for this job inside output_dir."""
+    overridden), else a new run folder for this job inside output_dir. An earlier result is never replaced:
+    the next free ``<kind>_2``, ``<kind>_3``, ... is used, or for a named folder see ``new_run_dir``."""
+    if launched_rank() > 0 and os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])  # DDP: the folder rank 0 picked
     overridden = {o.partition("=")[0].strip() for o in overrides}
     if source.run_dir is not None and not overridden & {"output_dir", "run_name"}:
         folder = Path(source.run_dir) / kind
+        n = 1
+        while _holds_files(folder):
+            n += 1
+            folder = Path(source.run_dir) / f"{kind}_{n}"
         folder.mkdir(parents=True, exist_ok=True)
         return folder.resolve()
     return new_run_dir(cfg, prefix=f"{kind}_", fresh=False)

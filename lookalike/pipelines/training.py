@@ -12,12 +12,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from lookalike.errors import ConfigError
+from lookalike.errors import CheckpointError, ConfigError
 from lookalike.pipelines.config import load_config
-from lookalike.pipelines.runs import RUN_DIR_ENV, launched_rank, new_run_dir, resume_target, save_config
+from lookalike.pipelines.runs import (
+    RUN_DIR_ENV,
+    launched_rank,
+    new_run_dir,
+    resume_target,
+    save_config,
+)
 from lookalike.pipelines.trainer import quiet_lightning, trainer_kwargs
 
-__all__ = ["train"]
+__all__ = ["train", "TrainingInterrupted"]
 
 
 def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] = (), *,
@@ -42,10 +48,11 @@ def train(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
     data = build_datasets(cfg, train=True)
     probe = _sampler_probe(cfg, data)
     module = _build_module(cfg, data)
+    completed_epochs = _check_resume(module, ckpt_path)
     datamodule = _build_datamodule(cfg, data)
     run = _prepare_run_folder(cfg, run_dir, data)
     trainer = _build_trainer(cfg, run, _batches_per_epoch(cfg, data, probe))
-    initial = _fit(cfg, trainer, module, datamodule, run, ckpt_path)
+    initial = _fit(cfg, trainer, module, datamodule, run, ckpt_path, completed_epochs)
     return _report(cfg, trainer, module, run, initial)
 
 
@@ -78,7 +85,11 @@ def _build_module(cfg: Mapping, data):
     from lookalike.pipelines.lightning_parts import ExtractorModule
 
     extractor = builders.build_extractor(cfg)
-    feat_dim = int(extractor.feat_dim)
+    feat_dim = getattr(extractor, "feat_dim", None)
+    if isinstance(feat_dim, bool) or not isinstance(feat_dim, int) or feat_dim < 1:
+        raise ConfigError(f"extractor: {cfg['extractor']['name']} has no `feat_dim` (the size of its embeddings, a "
+                          f"positive int; got {feat_dim!r}), which sizes the criterion; give the class a `feat_dim` "
+                          "attribute or property, or subclass lookalike.models.Extractor.")
     criterion = builders.build_criterion(cfg, feat_dim, data.train.labels, data.label2category)
     if not isinstance(criterion, torch.nn.Module):
         raise ConfigError(f"criterion: {cfg['criterion']['name']} must be a torch.nn.Module with "
@@ -127,6 +138,7 @@ class _Run:
     dir: Path
     is_main: bool
     clock: Any
+    schedule: Any
     recorder: Any
     best: Any
     last: Any
@@ -140,7 +152,11 @@ def _prepare_run_folder(cfg: Mapping, run_dir: Path | None, data) -> _Run:
     """A new (or the resumed) run folder with its config, and the clock, recorder and checkpoint callbacks."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from lookalike.pipelines.callbacks import RunRecorder, TrainingClock
+    from lookalike.pipelines.callbacks import (
+        RunRecorder,
+        TrainingClock,
+        ValidationSchedule,
+    )
 
     if run_dir is None:
         run_dir = new_run_dir(cfg)
@@ -157,7 +173,7 @@ def _prepare_run_folder(cfg: Mapping, run_dir: Path | None, data) -> _Run:
     clock = TrainingClock(cfg["max_minutes"])
     recorder = RunRecorder(run_dir, log_images=cfg["log_images"], n_worst_queries=cfg["n_worst_queries"],
                            image_saver=_image_saver(cfg, data.val), clock=clock)
-    return _Run(run_dir, is_main, clock, recorder, best, last)
+    return _Run(run_dir, is_main, clock, ValidationSchedule(cfg["valid_period"]), recorder, best, last)
 
 
 def _image_saver(cfg: Mapping, val_dataset):
@@ -187,11 +203,12 @@ def _build_trainer(cfg: Mapping, run: _Run, n_batches: int):
     from lookalike.pipelines.checkpoint_io import AtomicCheckpointIO
 
     return pl.Trainer(
-        **trainer_kwargs(cfg),
+        **_training_trainer_kwargs(cfg),
         max_epochs=cfg["max_epochs"],
         logger=builders.build_logger(cfg, run.dir),
-        callbacks=[run.clock, run.recorder, run.best, run.last],
-        check_val_every_n_epoch=cfg["valid_period"],
+        callbacks=[run.clock, run.schedule, run.recorder, run.best, run.last],  # clock before schedule: it stops
+        check_val_every_n_epoch=1,  # ValidationSchedule sets it per epoch
+        accumulate_grad_batches=cfg["accumulate_grad_batches"],
         limit_train_batches=cfg["limit_train_batches"],
         gradient_clip_val=cfg["gradient_clip_val"],
         log_every_n_steps=max(1, min(50, n_batches)),
@@ -200,27 +217,101 @@ def _build_trainer(cfg: Mapping, run: _Run, n_batches: int):
     )
 
 
-def _fit(cfg: Mapping, trainer, module, datamodule, run: _Run, ckpt_path: Path | None) -> dict | None:
-    """Optional validation before training, the fit (from ``ckpt_path`` when resuming), and a validation after
-    the last epoch when the periodic ones skipped it. Returns the metrics before training (or None)."""
+def _training_trainer_kwargs(cfg: Mapping) -> dict:
+    """trainer_kwargs, with DDP told to expect unused parameters while the backbone is frozen (they get no
+    gradient then; plain DDP would stop with "parameters that were not used in producing the loss")."""
+    kwargs = trainer_kwargs(cfg)
+    strategy = kwargs["strategy"]
+    if cfg["freeze_backbone_epochs"] > 0 and isinstance(strategy, str) and "find_unused" not in strategy:
+        if strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
+            kwargs["strategy"] = f"{strategy}_find_unused_parameters_true"
+        elif strategy == "auto" and _several_devices(cfg["devices"]):
+            kwargs["strategy"] = "ddp_find_unused_parameters_true"  # what auto picks for several devices
+    return kwargs
+
+
+def _several_devices(devices: Any) -> bool:
+    if isinstance(devices, list):
+        return len(devices) > 1
+    if isinstance(devices, int):
+        return devices > 1 or devices == -1
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        return _several_devices(int(devices))
+    if devices == "auto":
+        import torch
+
+        return torch.cuda.device_count() > 1
+    return False
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a training run; the message says how to continue it (the CLI prints it and exits 130)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            message = (f"training stopped; {run_dir} keeps every finished epoch. Continue it with: "
+                       f"lookalike train --resume {run_dir}")
+        else:
+            message = f"training stopped before its first epoch ended, so there is nothing to resume in {run_dir}"
+        super().__init__(message)
+        self.run_dir = run_dir
+
+
+def _check_resume(module, ckpt_path: Path | None) -> int | None:
+    """The number of epochs a resumed run has completed, after the checks validate / predict use on
+    checkpoints: refused pickles, truncated or empty files and another architecture end in one CheckpointError
+    (before Lightning would read the file)."""
+    if ckpt_path is None:
+        return None
+    import torch
+
+    from lookalike.models.checkpoints import load_into
+
+    try:
+        load_into(module, ckpt_path)  # safe load (weights_only); the fit restores the same weights again
+    except CheckpointError as exc:
+        raise CheckpointError(f"--resume: {exc}") from None
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=True)  # already known to load safely
+    missing = [key for key in ("epoch", "global_step", "optimizer_states", "loops") if key not in state]
+    if missing:
+        raise CheckpointError(f"--resume: {ckpt_path} holds weights but no training state ({', '.join(missing)} "
+                              "missing), so training cannot continue from it; start a new run with "
+                              f"checkpoint={ckpt_path} to begin from these weights.")
+    return int(state["epoch"]) + 1
+
+
+def _fit(cfg: Mapping, trainer, module, datamodule, run: _Run, ckpt_path: Path | None,
+         completed_epochs: int | None) -> dict | None:
+    """Optional validation before training, the fit (from ``ckpt_path`` when resuming; ValidationSchedule
+    validates inside it), and a validation when a resumed run had nothing left to train. Returns the metrics
+    before training (or None). Ctrl-C raises TrainingInterrupted."""
+    import signal
+
     recorder = run.recorder
     initial = None
     if run.is_main:
         os.environ[RUN_DIR_ENV] = str(run.dir)  # DDP children re-run the script: they find the folder here
     try:
         if ckpt_path is None and cfg["validate_before_training"]:
-            recorder.tag = "initial"
+            recorder.epoch = 0
             trainer.validate(module, datamodule=datamodule, verbose=False)
-            recorder.tag = None
+            recorder.epoch = None
             initial = module.last_results
         if ckpt_path is not None:
-            recorder.load_history(before_epoch=_checkpoint_epoch(ckpt_path))
+            recorder.load_history(completed_epochs)
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         last_epoch = trainer.current_epoch - 1
         if module.validated_epoch != last_epoch and last_epoch >= 0 and not trainer.interrupted:
-            recorder.tag = str(last_epoch)  # the last epoch is always validated
+            recorder.epoch = last_epoch + 1  # e.g. resumed after its last epoch: the run still ends validated
             trainer.validate(module, datamodule=datamodule, verbose=False)
-            recorder.tag = None
+            recorder.epoch = None
+    except SystemExit:
+        if not trainer.interrupted:
+            raise
+        # Lightning turns Ctrl-C into exit(1) and ignores further Ctrl-C: restore Python's handler
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        raise TrainingInterrupted(run.dir) from None
     finally:
         if run.is_main:
             os.environ.pop(RUN_DIR_ENV, None)
@@ -236,7 +327,7 @@ def _report(cfg: Mapping, trainer, module, run: _Run, initial: dict | None) -> d
     if trainer.is_global_zero:
         plot_history(run.recorder.history, run_dir / "curves.png")
         if module.last_results is not None:
-            print(f"\nvalidation after epoch {trainer.current_epoch} ({run_dir}):\n"
+            print(f"\nvalidation after epoch {run.recorder.last_epoch} ({run_dir}):\n"
                   f"{metrics_table(module.last_results)}")
             if initial is not None:
                 key = cfg["metric_for_checkpointing"]
@@ -254,12 +345,3 @@ def _report(cfg: Mapping, trainer, module, run: _Run, initial: dict | None) -> d
         "best_score": float(best.best_model_score) if best.best_model_score is not None else None,
         "last_checkpoint": run.checkpoints / "last.ckpt",
     }
-
-
-def _checkpoint_epoch(ckpt_path: Path) -> int | None:
-    import torch
-
-    try:
-        return int(torch.load(ckpt_path, map_location="cpu", weights_only=True)["epoch"]) + 1
-    except Exception:
-        return None

@@ -7,9 +7,15 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from lookalike.pipelines.config import load_config
 from lookalike.io import write_json_atomic
-from lookalike.pipelines.runs import RUN_DIR_ENV, default_checkpoint, launched_rank, output_folder, save_config
+from lookalike.pipelines.config import load_config
+from lookalike.pipelines.runs import (
+    RUN_DIR_ENV,
+    default_checkpoint,
+    launched_rank,
+    output_folder,
+    save_config,
+)
 from lookalike.pipelines.trainer import quiet_lightning, trainer_kwargs
 
 __all__ = ["validate"]
@@ -30,7 +36,11 @@ def validate(config: Mapping | str | Path | None = None, overrides: Iterable[str
     import lightning.pytorch as pl
 
     from lookalike.pipelines import builders
-    from lookalike.pipelines.lightning_parts import ExtractorModule, MetricLearningData, finish_distributed
+    from lookalike.pipelines.lightning_parts import (
+        ExtractorModule,
+        MetricLearningData,
+        finish_distributed,
+    )
     from lookalike.pipelines.loading import build_datasets
     from lookalike.pipelines.report import metrics_table
 

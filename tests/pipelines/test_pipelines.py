@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -24,8 +25,8 @@ def test_train_writes_a_complete_run_folder(trained, dataset):
     run = Path(trained["run_dir"])
     assert run.name == "shared"
     for name in ("config.yaml", "checkpoints/best.ckpt", "checkpoints/last.ckpt", "metrics.json",
-                 "metrics/initial.json", "metrics/epoch_000.json", "metrics/epoch_001.json", "history.json",
-                 "curves.png"):
+                 "metrics/epoch_000.json", "metrics/epoch_001.json", "metrics/epoch_002.json", "history.json",
+                 "curves.png"):  # one numbering: epoch N = after N epochs, 0 = before training
         assert (run / name).is_file(), name
     assert not list(run.rglob("*.tmp")), "temporary files left behind"
     assert list(run.rglob("metrics.csv")), "the CSV logger wrote nothing"
@@ -34,19 +35,21 @@ def test_train_writes_a_complete_run_folder(trained, dataset):
     assert 0.0 <= trained["metrics_flat"]["OVERALL/cmc/1"] <= 1.0
     assert trained["best_checkpoint"].name == "best.ckpt"
     history = json.loads((run / "history.json").read_text())
-    assert set(history) == {"initial", "0", "1"}
-    assert "loss" in history["1"]["train"] and "OVERALL/cmc/1" in history["1"]["val"]
+    assert set(history) == {"0", "1", "2"}
+    assert "train" not in history["0"] and "OVERALL/cmc/1" in history["0"]["val"]
+    assert "loss" in history["2"]["train"] and "OVERALL/cmc/1" in history["2"]["val"]
     latest = json.loads((run / "metrics.json").read_text())
-    assert latest["epoch"] == "1" and "OVERALL" in latest["metrics"]
+    assert latest["epoch"] == 2 and "OVERALL" in latest["metrics"]
 
 
 def test_validate_a_run_folder_reproduces_its_best_metrics(trained):
     run = Path(trained["run_dir"])
     result = validate(run, ["progress_bar=false", "accelerator=cpu", "log_images=true"])
-    assert result["output_dir"] == run / "validation"
-    assert (run / "validation" / "metrics.json").is_file()
-    assert (run / "validation" / "worst_queries.png").stat().st_size > 1000
-    best_epoch = torch.load(trained["best_checkpoint"], weights_only=True)["epoch"]
+    out = result["output_dir"]
+    assert out.parent == run and out.name.startswith("validation")
+    assert (out / "metrics.json").is_file()
+    assert (out / "worst_queries.png").stat().st_size > 1000
+    best_epoch = torch.load(trained["best_checkpoint"], weights_only=True)["epoch"] + 1  # Lightning counts from 0
     recorded = json.loads((run / "metrics" / f"epoch_{best_epoch:03d}.json").read_text())["metrics"]
     assert result["metrics"]["OVERALL"]["cmc"][1] == pytest.approx(float(recorded["OVERALL"]["cmc"]["1"]))
 
@@ -210,6 +213,79 @@ def test_ddp_validation_on_two_cpu_processes_equals_one_process(trained, tmp_pat
     for metrics in lines:
         assert metrics == pytest.approx(single["metrics_flat"])
 
+
+
+DDP_TRAIN_SCRIPT = """
+import json, os, sys
+from lookalike.pipelines import train
+for i, (name, overrides) in enumerate(json.loads(sys.argv[1])):
+    os.environ["MASTER_PORT"] = str(int(sys.argv[2]) + i)  # a fresh rendezvous per run
+    train(name, overrides)
+    print("TRAINED " + name, flush=True)
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+SHIPPED = ["default", "triplet", "arcface", "category_balance", "small_images"]
+
+
+def _ddp_overrides(name: str, dataset: Path, out: Path, run_name: str) -> tuple[list[str], dict]:
+    """Tiny overrides of a shipped config for DDP (per rank: 2 batches) and the reference's extra overrides."""
+    raw = read_config(name).raw
+    extra = {"max_epochs": 2, "limit_train_batches": 2, "log_images": "false", "validate_before_training": "false",
+             "transforms_train": "{name: val, args: {}}",  # deterministic: ranks seed augmentations differently
+             "run_name": run_name}
+    reference = {"accumulate_grad_batches": 2, "limit_train_batches": 4}
+    if raw.get("sampler"):
+        sampler_args = raw["sampler"].get("args", {})
+        if "n_categories" in sampler_args:
+            extra["sampler.args.n_categories"] = 2
+        extra["sampler.args.n_labels"] = 2 if "n_categories" in sampler_args else 4
+        extra["sampler.args.n_instances"] = 2
+    else:
+        extra["bs_train"] = 8
+        reference["sampler"] = "{name: 'tests.pipelines.ddp_reference:RankInterleaved', args: {batch_size: 8}}"
+    return tiny(dataset, out, **extra), reference
+
+
+def test_ddp_training_on_two_cpu_processes_equals_one_process_on_the_same_global_batches(dataset, tmp_path):
+    """Every shipped config (at tiny sizes; triplet keeps its freeze_backbone_epochs: 1) trains on 2 gloo ranks
+    to the parameters one process reaches on the same global batches with accumulate_grad_batches: 2."""
+    cases = [(name, _ddp_overrides(name, dataset, tmp_path, f"ddp_{name}")[0] + ["devices=2", "strategy=ddp"])
+             for name in SHIPPED]
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_TRAIN_SCRIPT)
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                   LOCAL_RANK=str(rank), NODE_RANK="0", PYTHONPATH=os.pathsep.join(sys.path))
+        procs.append(subprocess.Popen([sys.executable, str(script), json.dumps(cases), str(port + 1)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    outputs = [p.communicate(timeout=900) for p in procs]
+    for p, (out, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-4000:]
+        assert out.count("TRAINED ") == len(SHIPPED), out[-2000:]
+    for name in SHIPPED:
+        overrides, reference = _ddp_overrides(name, dataset, tmp_path, f"one_{name}")
+        single = train(name, overrides + [f"{k}={v}" for k, v in reference.items()])
+        ddp = torch.load(tmp_path / f"ddp_{name}" / "checkpoints" / "last.ckpt", weights_only=True)
+        one = torch.load(single["last_checkpoint"], weights_only=True)
+        assert ddp["epoch"] == one["epoch"] == 1 and ddp["global_step"] == one["global_step"]
+        buffers = ("running_mean", "running_var", "num_batches_tracked")
+        params = [k for k in one["state_dict"] if not k.endswith(buffers)]
+        # BatchNorm running statistics differ by design (each rank updates its own, rank 0's are saved)
+        for key in params:
+            a, b = ddp["state_dict"][key], one["state_dict"][key]
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (name, key, (a - b).abs().max())
+        assert (tmp_path / f"ddp_{name}" / "checkpoints" / "best.ckpt").is_file(), name
 
 
 def test_time_budget_stops_training_and_still_validates(dataset, tmp_path):
