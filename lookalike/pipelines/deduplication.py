@@ -56,7 +56,8 @@ def dedup(target: str | Path, overrides: Iterable[str] = ()) -> Path:
     from lookalike.index.dedup import near_duplicate_groups
     from lookalike.inference import image_source
     from lookalike.pipelines.config import load_config
-    from lookalike.pipelines.indexing import _check_unique_ids, embedder_for, model_config, split_own_options
+    from lookalike.pipelines.embedders import embedder_for
+    from lookalike.pipelines.indexing import _check_unique_ids, model_config, split_own_options
     from lookalike.pipelines.prediction import manifest_of
     from lookalike.pipelines.runs import default_checkpoint, output_folder
 

@@ -11,7 +11,7 @@ from lookalike.errors import ConfigError
 from lookalike.io import sha256_file
 from lookalike.pipelines.runs import default_checkpoint, extractor_identity
 
-__all__ = ["DEFAULT_ONNX_NAME", "onnx_model_path", "build_embedder"]
+__all__ = ["DEFAULT_ONNX_NAME", "onnx_model_path", "embedder_for", "build_embedder"]
 
 #: where ``lookalike export <run folder>`` writes, inside the run folder
 DEFAULT_ONNX_NAME = Path("export") / "model.onnx"
@@ -32,23 +32,33 @@ def onnx_model_path(cfg: Mapping, source) -> Path:
     return path.resolve()
 
 
-def build_embedder(cfg: dict, source):
-    """``(Embedder, identity)`` for ``cfg['runtime']``; identity says what made the embeddings: the extractor
-    block, checkpoint and its SHA-256 (for ``onnx``: those recorded at export, plus the file and its SHA-256)."""
+def embedder_for(cfg: Mapping, device: str | None = None):
+    """The `Embedder` of a resolved config on ``device`` (default: the config's accelerator): its extractor
+    (weights from ``checkpoint``) and validation transforms, or with ``runtime: onnx`` the file ``onnx_model``
+    in onnxruntime with the preprocessing recorded in it."""
     from lookalike.inference import Embedder
     from lookalike.pipelines import builders
 
     if cfg.get("runtime", "torch") == "onnx":
         from lookalike.export import onnx_embedder
 
+        return onnx_embedder(Path(cfg["onnx_model"]), batch_size=cfg["bs_val"], num_workers=cfg["num_workers"])
+    return Embedder(builders.build_extractor(cfg), builders.build_transforms(cfg, "transforms_val"),
+                    device=device or cfg["accelerator"], precision=cfg["precision"],
+                    channels_last=cfg["channels_last"], batch_size=cfg["bs_val"], num_workers=cfg["num_workers"])
+
+
+def build_embedder(cfg: dict, source, device: str | None = None):
+    """``(Embedder, identity)`` for ``cfg['runtime']``; identity says what made the embeddings: the extractor
+    block, checkpoint and its SHA-256 (for ``onnx``: those recorded at export, plus the file and its SHA-256).
+    Sets ``cfg['checkpoint']`` (a run's best) or ``cfg['onnx_model']`` (a run's export) when they are implied."""
+    if cfg.get("runtime", "torch") == "onnx":
         path = onnx_model_path(cfg, source)
-        embedder = onnx_embedder(path, batch_size=cfg["bs_val"], num_workers=cfg["num_workers"])
+        cfg["onnx_model"] = str(path)
+        embedder = embedder_for(cfg, device)
         meta = embedder.model.metadata
         identity = {**(meta.source if meta is not None else {}),
                     "runtime": "onnx", "onnx_model": str(path), "onnx_sha256": sha256_file(path)}
         return embedder, identity
     default_checkpoint(cfg, source)
-    embedder = Embedder(builders.build_extractor(cfg), builders.build_transforms(cfg, "transforms_val"),
-                        device=cfg["accelerator"], precision=cfg["precision"], channels_last=cfg["channels_last"],
-                        batch_size=cfg["bs_val"], num_workers=cfg["num_workers"])
-    return embedder, extractor_identity(cfg)
+    return embedder_for(cfg, device), extractor_identity(cfg)

@@ -5,17 +5,18 @@ search by image."""
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from lookalike.errors import ConfigError, DatasetError
-from lookalike.io import atomic_path, to_jsonable
+from lookalike.io import atomic_path, sha256_file, to_jsonable
 from lookalike.pipelines.config import load_config, yaml_load
-from lookalike.pipelines.runs import default_checkpoint, extractor_identity, output_folder
+from lookalike.pipelines.embedders import build_embedder, embedder_for
+from lookalike.pipelines.runs import output_folder
+from lookalike.pipelines.trust import check_trust
 
-__all__ = ["index", "open_index", "embedder_for", "split_own_options", "INDEX_OPTIONS"]
+__all__ = ["index", "open_index", "split_own_options", "INDEX_OPTIONS"]
 
 #: the options of `lookalike index` that are not config keys
 INDEX_OPTIONS = ("source", "index_dir", "backend", "backend_args")
@@ -34,27 +35,8 @@ def split_own_options(overrides: Iterable[str], own: Iterable[str]) -> tuple[dic
     return mine, rest
 
 
-def embedder_for(cfg: Mapping, device: str | None = None):
-    """The `Embedder` of a resolved config: its extractor (weights from ``checkpoint``) and validation
-    transforms, on ``device`` (default: the config's accelerator)."""
-    from lookalike.inference import Embedder
-    from lookalike.pipelines import builders
-
-    return Embedder(builders.build_extractor(cfg), builders.build_transforms(cfg, "transforms_val"),
-                    device=device or cfg["accelerator"], precision=cfg["precision"],
-                    channels_last=cfg["channels_last"], batch_size=cfg["bs_val"], num_workers=cfg["num_workers"])
-
-
 def _distance(cfg: Mapping) -> str:
     return (cfg.get("metric_args") or {}).get("distance", "cosine")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _check_unique_ids(images) -> None:
@@ -81,7 +63,6 @@ def index(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
 
     own, overrides = split_own_options(overrides, INDEX_OPTIONS)
     cfg, source = load_config(config, overrides, pipeline="predict")
-    default_checkpoint(cfg, source)
     if own.get("source") is not None:
         cfg["predict_source"] = str(own["source"])
     elif cfg.get("predict_source") is None:  # the dataset CSV itself: ids are its paths as written
@@ -99,9 +80,9 @@ def index(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
 
     images = source_of(cfg)
     _check_unique_ids(images)
-    embedder = embedder_for(cfg)
+    embedder, identity = build_embedder(cfg, source)
     own_weights = None
-    if not cfg.get("checkpoint"):
+    if cfg.get("runtime", "torch") == "torch" and not cfg.get("checkpoint"):
         own_weights = _keep_weights(embedder.model, folder)
         cfg["checkpoint"] = str(folder / own_weights)
     result = embedder.embed_source(images, progress=cfg["progress_bar"])
@@ -110,7 +91,6 @@ def index(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
                            f"{result.failed[0][1] if result.failed else 'none'}); nothing to index.")
     rows = result.rows.tolist()
     manifest = manifest_of(images, rows)
-    identity = extractor_identity(cfg)
     if own_weights is not None:
         identity["checkpoint"] = own_weights  # inside the index folder: travels with it
     model = {**identity, "run": str(source.run_dir.resolve()) if source.run_dir is not None else None,
@@ -130,7 +110,7 @@ def _keep_weights(model: Any, folder: Path) -> str:
     from lookalike.models.checkpoints import save_weights
 
     tmp = save_weights(model, folder / ".model.tmp.safetensors")
-    name = f"model-{_sha256(tmp)[:16]}.safetensors"
+    name = f"model-{sha256_file(tmp)[:16]}.safetensors"
     tmp.replace(folder / name)
     return name
 
@@ -150,7 +130,7 @@ def _report_failed(images, failed: list, folder: Path) -> None:
                   + "; ".join(f"{images.ids[r]}: {e}" for r, e in failed[:3]), stacklevel=3)
 
 
-def model_config(folder: Path, info: Mapping) -> dict | None:
+def model_config(folder: Path, info: Mapping, trust_config: bool = False) -> dict | None:
     """The resolved config saved in ``index.json`` with ``checkpoint`` pointing at the weights, after checking
     that the weights file exists and has the SHA-256 the index was built with (`ModelChangedError` if not)."""
     from lookalike.index import ModelChangedError
@@ -159,6 +139,8 @@ def model_config(folder: Path, info: Mapping) -> dict | None:
     if not model.get("config"):
         return None
     cfg = dict(model["config"])
+    # an index folder may come from someone else: its config names code only through the registries unless trusted
+    check_trust(cfg, trusted_source=False, origin=str(Path(folder) / "index.json"), trust_config=trust_config)
     ckpt = model.get("checkpoint")
     if ckpt:
         path = Path(ckpt).expanduser()
@@ -168,21 +150,27 @@ def model_config(folder: Path, info: Mapping) -> dict | None:
             raise ModelChangedError(f"index {folder} was built with the weights {path}, which no longer exist; "
                                     f"restore that file or {rebuild}.")
         expected = model.get("checkpoint_sha256")
-        if expected and _sha256(path) != expected:
+        if expected and sha256_file(path) != expected:
             raise ModelChangedError(f"index {folder}: the weights {path} changed since the index was built (SHA-256 "
                                     f"{expected[:12]}... expected): new queries would not match the indexed "
                                     f"embeddings. Restore the file or {rebuild}.")
         cfg["checkpoint"] = str(path)
+    if cfg.get("runtime") == "onnx":
+        path = Path(str(cfg.get("onnx_model") or model.get("onnx_model")))
+        if not path.is_file() or (model.get("onnx_sha256") and sha256_file(path) != model["onnx_sha256"]):
+            raise ModelChangedError(f"index {folder} was built with the ONNX model {path}, which is missing or "
+                                    "changed since; restore that file or rebuild the index.")
+        cfg["onnx_model"] = str(path)
     return cfg
 
 
-def open_index(folder: str | Path, device: str = "cpu"):
+def open_index(folder: str | Path, device: str = "cpu", *, trust_config: bool = False):
     """The index in ``folder`` with its embedder rebuilt from ``index.json`` (extractor, validation transforms,
     checkpoint), so it searches by image; an index built from embeddings alone opens without one."""
     from lookalike.index import SearchIndex, read_info
 
     folder = Path(folder).expanduser().resolve()
     info = read_info(folder)
-    cfg = model_config(folder, info)
+    cfg = model_config(folder, info, trust_config)
     embedder = embedder_for(cfg, device=device) if cfg is not None else None
     return SearchIndex.load(folder, embedder=embedder)
