@@ -35,10 +35,10 @@ from lookalike.index.backends import APPROXIMATE, check_backend, make_searcher, 
 from lookalike.index.errors import (DuplicateItemError, IndexFormatError, NoEmbedderError, SearchIndexError,
                                     UnknownItemError)
 from lookalike.index.journal import Journal, decode_embeddings, encode_embeddings
-from lookalike.io import atomic_path, fsync_dir, write_json_atomic
+from lookalike.io import atomic_path, fsync_dir, sha256_file, write_json_atomic
 from lookalike.retrieval import ExactSearch
 from lookalike.retrieval.base import check_distance, sort_by_distance_then_index
-from lookalike.store import EmbeddingsStore, StoreError, _sha256
+from lookalike.store import EmbeddingsStore, StoreError
 
 __all__ = ["SearchIndex", "Hit", "INDEX_FILE", "FORMAT"]
 
@@ -212,7 +212,7 @@ class SearchIndex:
             if not faiss_file.is_file():
                 raise IndexFormatError(f"index {folder}: {data.name}/{FAISS_FILE} is missing; build the index "
                                        "again with `lookalike index`.")
-            if expected and _sha256(faiss_file) != expected:
+            if expected and sha256_file(faiss_file) != expected:
                 raise IndexFormatError(f"index {folder}: {data.name}/{FAISS_FILE} does not match the SHA-256 in "
                                        f"{INDEX_FILE}; build the index again.")
             searcher.read(str(faiss_file))
@@ -538,7 +538,7 @@ class SearchIndex:
             if self.backend != "exact" and len(embeddings):
                 with atomic_path(data / FAISS_FILE, suffix=".index") as tmp:
                     searcher.write(str(tmp))
-                    files[f"{data.name}/{FAISS_FILE}"] = _sha256(tmp)
+                    files[f"{data.name}/{FAISS_FILE}"] = sha256_file(tmp)
             fsync_dir(data)
             if changed and self.backend in APPROXIMATE:
                 info["recall"] = measure_recall(searcher, base_t, self.distance,
