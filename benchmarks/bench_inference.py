@@ -5,7 +5,9 @@ and 224 px, batch 1 and batch 64, images/s of the model alone on batches of rand
 Each model is exported with ``lookalike.export.to_onnx`` (the default dynamo exporter, parity check included)
 and run through ``OnnxModel``; the torch sides run through ``lookalike.inference.Embedder.embed_batch``.
 torch and onnxruntime use the same number of threads. Per cell: one warm-up call, then calls until
---seconds have passed (at least --min-calls). Bounded: about 3-5 minutes on a 2-core CPU.
+--seconds have passed (at least --min-calls), so the run is bounded by 2 + min-calls calls per slow cell
+(the whole run's seconds are recorded with the figures; about 20 minutes on the shared 2-core CPU of RESULTS.md,
+where bf16 is emulated: no bf16 units).
 
     .venv/bin/python benchmarks/bench_inference.py [--threads 2] [--seconds 2] [--min-calls 2] [--record]
 

@@ -13,7 +13,7 @@ from lookalike.errors import ConfigError, DatasetError
 from lookalike.io import atomic_path, sha256_file, to_jsonable
 from lookalike.pipelines.config import load_config, yaml_load
 from lookalike.pipelines.embedders import build_embedder, embedder_for
-from lookalike.pipelines.runs import output_folder
+from lookalike.pipelines.runs import extractor_identity, output_folder
 from lookalike.pipelines.trust import check_trust
 
 __all__ = ["index", "open_index", "split_own_options", "INDEX_OPTIONS"]
@@ -92,6 +92,7 @@ def index(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
     rows = result.rows.tolist()
     manifest = manifest_of(images, rows)
     if own_weights is not None:
+        identity = extractor_identity(cfg)  # of the weights just kept
         identity["checkpoint"] = own_weights  # inside the index folder: travels with it
     model = {**identity, "run": str(source.run_dir.resolve()) if source.run_dir is not None else None,
              "distance": _distance(cfg), "source": images.origin, "config": to_jsonable(cfg)}
