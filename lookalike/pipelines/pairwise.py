@@ -78,7 +78,9 @@ def load_pairwise_config(config: Mapping | str | Path, overrides: Iterable[str] 
         elif isinstance(value, int) and key in ("mine_top_n", "top_n", "bs_pairs", "max_epochs", "valid_period",
                                                 "bs_val") and value < 1:
             errors.append(f"{key}: must be >= 1, got {value}.")
-    if not errors:
+    typed = all(k in cfg and not isinstance(cfg[k], bool) and isinstance(cfg[k], PAIRWISE_SCHEMA[k][0])
+                for k in ("n_negatives", "blend", "pairwise_model", "extractor_run"))
+    if typed:
         if cfg["n_negatives"] < 0:
             errors.append(f"n_negatives: must be >= 0, got {cfg['n_negatives']}.")
         if not 0.0 <= float(cfg["blend"]) <= 1.0:
@@ -173,8 +175,8 @@ def _metrics(val: Mapping, postprocessor=None) -> dict:
 
     metrics = EmbeddingMetrics(cmc_top_k=(1, 5), precision_top_k=(5,), map_top_k=(5,), postprocessor=postprocessor)
     n = len(val["labels"])
-    metrics.update(torch.tensor(val["embeddings"]), val["labels"], val["is_query"], val["is_gallery"],
-                   torch.arange(n))
+    metrics.update(torch.tensor(val["embeddings"]), torch.tensor(val["labels"]), torch.tensor(val["is_query"]),
+                   torch.tensor(val["is_gallery"]), torch.arange(n))
     return metrics.compute()
 
 
