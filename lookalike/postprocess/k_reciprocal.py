@@ -8,7 +8,7 @@ item's expanded k1-reciprocal set, averaged over its k2 nearest items). Every st
 item's ``k1 + 1`` nearest items (the chunked search of `lookalike.retrieval`), so memory is
 O(N * k1^2) instead of the original's O(N^2).
 
-What the top-k lists change against the full-matrix original (docs/metrics.md, "k-reciprocal re-ranking"):
+What the top-k lists change against the full-matrix original (also in docs/pipelines.md, "Re-ranking"):
 the paper re-ranks the whole gallery of each query, here only the candidates already in the query's retrieved
 list (the first ``top_n`` columns) are re-ordered; an item outside them cannot come in. For the candidates it
 does re-rank, every quantity is the paper's own (same neighbour sets, weights, expansion and Jaccard), so when
