@@ -140,3 +140,18 @@ def test_bad_arguments_are_refused():
         PairwiseReranker(model, blend=2.0)
     with pytest.raises(LookalikeError, match="encode"):
         PairwiseReranker(torch.nn.Linear(2, 2))
+
+
+def test_registry_factory_loads_a_saved_model(tmp_path):
+    from lookalike.models.pairwise import save_pairwise_model
+    from lookalike.postprocess import pairwise_reranker
+
+    model = EmbeddingPairClassifier(4, hidden_dims=(3,)).eval()
+    save_pairwise_model(model, {"name": "embedding_mlp", "args": {"hidden_dims": [3]}, "feat_dim": 4},
+                        tmp_path / "p.pt")
+    reranker = pairwise_reranker(str(tmp_path / "p.pt"), top_n=3)
+    emb = torch.randn(10, 4)
+    flags = torch.ones(10, dtype=torch.bool)
+    results = RetrievalResults.from_embeddings(emb, torch.arange(10) // 2, flags, flags, k=4)
+    direct = PairwiseReranker(model, top_n=3)(results, emb, emb)
+    assert reranker(results, emb, emb) == direct
