@@ -155,6 +155,17 @@ def _run_export_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_train_pairwise(args: argparse.Namespace) -> int:
+    from lookalike.pipelines.pairwise import train_pairwise
+
+    config, overrides = split_config_and_overrides(args.items)
+    if config is None:
+        raise ConfigError("train-pairwise needs a config: lookalike train-pairwise my_pairwise.yaml "
+                          "(or extractor_run=runs/<run> overrides after a config file).")
+    train_pairwise(config, overrides, resume=args.resume)
+    return 0
+
+
 def _format_default(p: inspect.Parameter) -> str:
     if p.default is inspect.Parameter.empty:
         return f"{p.name} (required)"
@@ -256,6 +267,16 @@ def add_subcommands(subparsers) -> None:
     p.add_argument("index_dir", help="an index folder")
     p.add_argument("items", nargs="*", metavar="out=FILE.parquet")
     p.set_defaults(handler=_run_export_index)
+
+    p = subparsers.add_parser("train-pairwise", help="train a pairwise re-ranker on a trained extractor run",
+                              epilog="""examples:
+  lookalike train-pairwise pairwise.yaml extractor_run=runs/2024-05-01_10-00-00
+  lookalike train-pairwise pairwise.yaml run_name=p1 --resume   # continue p1 from its last.ckpt""",
+                              formatter_class=fmt)
+    p.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE",
+                   help="a YAML config of the pairwise pipeline (docs/pipelines.md), then key=value overrides")
+    p.add_argument("--resume", action="store_true", help="continue the run named by run_name")
+    p.set_defaults(handler=_run_train_pairwise)
 
     p = subparsers.add_parser("registry", help="list the components a config can name, with their arguments")
     p.add_argument("kind", nargs="?", default=None,

@@ -250,6 +250,10 @@ POSTPROCESSORS_REGISTRY = Registry(
     {
         "query_expansion": Entry("lookalike.postprocess:QueryExpansion",
                                  doc="alpha query expansion: re-rank the top_n with the query + its neighbours"),
+        "k_reciprocal": Entry("lookalike.postprocess:KReciprocalReranker",
+                              doc="k-reciprocal re-ranking (Zhong et al. 2017) of the top_n, from top-k lists"),
+        "pairwise": Entry("lookalike.postprocess:pairwise_reranker",
+                          doc="re-rank the top_n with a pairwise model trained by lookalike train-pairwise"),
     },
 )
 

@@ -1,0 +1,208 @@
+"""Pairwise models: given two items, the logit that they show the same thing (plain PyTorch).
+
+Every model splits into ``encode(x)`` (per item, computed once per item by the re-ranker) and ``score(a, b)``
+(per pair, symmetric by construction: ``score(a, b) == score(b, a)``); ``forward(x, y) = score(encode(x),
+encode(y))``. ``input_kind`` says what ``x`` is: ``"embeddings"`` or ``"images"``.
+
+- `EmbeddingPairClassifier`: an MLP over ``[a * b, |a - b|]`` of two embeddings; cheap (a few thousand
+  multiply-adds per pair), so it can re-rank every query of a large validation.
+- `ImagePairClassifier`: the OML ``ConcatSiamese`` idea at feature-map level: a CNN trunk (e.g. the trained
+  extractor's convolutional body) encodes each image into a spatial feature map; the head compares the two maps
+  position by position (``[fa * fb, |fa - fb|]``, convolutions, pooling, MLP). ConcatSiamese stacks the two
+  images and runs the backbone once per *pair*; here the trunk runs once per *item* and only the light head
+  runs per pair, so re-ranking n candidates costs n head passes, not n backbone passes, while the head still
+  sees spatial detail that the pooled embedding has lost.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lookalike.errors import CheckpointError, LookalikeError
+
+__all__ = ["PairwiseModel", "EmbeddingPairClassifier", "ImagePairClassifier", "PAIRWISE_MODELS",
+           "build_pairwise_model", "load_pairwise_model", "save_pairwise_model"]
+
+
+def _mlp(in_features: int, hidden_dims: Sequence[int], dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    width = in_features
+    for h in hidden_dims:
+        layers += [nn.Linear(width, int(h)), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        width = int(h)
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
+
+
+def _check_dims(hidden_dims: Sequence[int], dropout: float, owner: str) -> tuple[int, ...]:
+    dims = tuple(hidden_dims)
+    if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in dims):
+        raise LookalikeError(f"{owner}: hidden_dims must be positive integers, got {list(dims)}.")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise LookalikeError(f"{owner}: dropout must be in [0, 1), got {dropout!r}.")
+    return dims
+
+
+class PairwiseModel(nn.Module):
+    """Base: ``encode`` per item, ``score`` per pair (logit of "same"), ``predict`` = P(different)."""
+
+    input_kind = "embeddings"
+
+    def encode(self, x: Tensor) -> Tensor:
+        return x
+
+    def score(self, a: Tensor, b: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, y: Tensor) -> Tensor:
+        return self.score(self.encode(x), self.encode(y))
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, y: Tensor) -> Tensor:
+        """P(the two items are different): the distance-like value a re-ranker sorts by."""
+        return torch.sigmoid(-self(x, y))
+
+
+class EmbeddingPairClassifier(PairwiseModel):
+    """MLP over the symmetric combination ``[a * b, |a - b|]`` of two (L2-normalised when ``normalise``)
+    embeddings of size ``in_features`` -> one logit of "same"."""
+
+    def __init__(self, in_features: int, hidden_dims: Sequence[int] = (256,), dropout: float = 0.1,
+                 normalise: bool = True) -> None:
+        super().__init__()
+        if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
+            raise LookalikeError(f"EmbeddingPairClassifier: in_features must be a positive integer, "
+                                 f"got {in_features!r}.")
+        self.in_features, self.normalise = in_features, bool(normalise)
+        self.head = _mlp(2 * in_features, _check_dims(hidden_dims, dropout, "EmbeddingPairClassifier"), dropout)
+
+    def encode(self, x: Tensor) -> Tensor:
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise LookalikeError(f"EmbeddingPairClassifier expects embeddings of size {self.in_features}, "
+                                 f"got shape {tuple(x.shape)}.")
+        x = x.float()
+        return nn.functional.normalize(x, dim=1) if self.normalise else x
+
+    def score(self, a: Tensor, b: Tensor) -> Tensor:
+        return self.head(torch.cat([a * b, (a - b).abs()], dim=1)).squeeze(1)
+
+
+class ImagePairClassifier(PairwiseModel):
+    """Siamese head over CNN feature maps: ``trunk`` (images -> (B, trunk_channels, h, w)), a 1x1 projection to
+    ``channels``, then per pair ``[fa * fb, |fa - fb|]`` -> 3x3 conv -> ReLU -> global average + max pooling
+    -> MLP -> logit. ``freeze_trunk`` keeps the trunk's weights (and BatchNorm statistics) fixed."""
+
+    input_kind = "images"
+
+    def __init__(self, trunk: nn.Module, trunk_channels: int, channels: int = 64,
+                 hidden_dims: Sequence[int] = (128,), dropout: float = 0.3, freeze_trunk: bool = True) -> None:
+        super().__init__()
+        dims = _check_dims(hidden_dims, dropout, "ImagePairClassifier")
+        self.trunk = trunk
+        self.freeze_trunk = bool(freeze_trunk)
+        self.project = nn.Sequential(nn.Conv2d(trunk_channels, channels, 1, bias=False), nn.BatchNorm2d(channels))
+        self.compare = nn.Sequential(nn.Conv2d(2 * channels, channels, 3, padding=1), nn.ReLU(inplace=True))
+        self.head = _mlp(2 * channels, dims, dropout)
+        if self.freeze_trunk:
+            for p in self.trunk.parameters():
+                p.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "ImagePairClassifier":
+        super().train(mode)
+        if self.freeze_trunk:
+            self.trunk.eval()
+        return self
+
+    def encode(self, x: Tensor) -> Tensor:
+        maps = self.trunk(x)
+        if maps.ndim != 4:
+            raise LookalikeError(f"ImagePairClassifier: the trunk must return feature maps (B, C, h, w), got "
+                                 f"shape {tuple(maps.shape)}; use the convolutional body of a CNN.")
+        return self.project(maps)
+
+    def score(self, a: Tensor, b: Tensor) -> Tensor:
+        joint = self.compare(torch.cat([a * b, (a - b).abs()], dim=1))
+        pooled = torch.cat([joint.mean(dim=(2, 3)), joint.amax(dim=(2, 3))], dim=1)
+        return self.head(pooled).squeeze(1)
+
+
+def conv_trunk(extractor: nn.Module) -> tuple[nn.Module, int]:
+    """The convolutional body of a lookalike CNN extractor (ResNet, small CNN) and its output channels: the part
+    before pooling, whose feature maps `ImagePairClassifier` compares."""
+    backbone = getattr(extractor, "backbone", None)
+    if not isinstance(backbone, nn.Sequential) or len(backbone) < 2:
+        raise LookalikeError(f"{type(extractor).__name__} has no convolutional body to take feature maps from; "
+                             "the image pairwise model needs a CNN extractor (resnet, small_cnn).")
+    layers = list(backbone.children())[:-1]  # everything but the pooling
+    trunk = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+    with torch.no_grad():
+        was = trunk.training
+        trunk.eval()
+        channels = int(trunk(torch.zeros(1, 3, 64, 64)).shape[1])
+        trunk.train(was)
+    return trunk, channels
+
+
+#: registry names of the pairwise models (the ``pairwise_model`` block of ``lookalike train-pairwise``)
+PAIRWISE_MODELS = {"embedding_mlp": EmbeddingPairClassifier, "image_siamese": ImagePairClassifier}
+
+
+def build_pairwise_model(name: str, args: dict[str, Any], *, feat_dim: int | None = None,
+                         extractor: nn.Module | None = None) -> PairwiseModel:
+    """A pairwise model by registry name; ``feat_dim`` fills ``in_features`` and ``extractor`` the trunk."""
+    args = dict(args)
+    if name == "embedding_mlp":
+        if "in_features" not in args or args["in_features"] == "auto":
+            if feat_dim is None:
+                raise LookalikeError("embedding_mlp needs in_features (the embedding size).")
+            args["in_features"] = int(feat_dim)
+        return EmbeddingPairClassifier(**args)
+    if name == "image_siamese":
+        if extractor is None:
+            raise LookalikeError("image_siamese needs an extractor whose convolutional body is its trunk.")
+        trunk, channels = conv_trunk(extractor)
+        return ImagePairClassifier(trunk, channels, **args)
+    from lookalike.errors import unknown_choice
+
+    raise LookalikeError(unknown_choice("pairwise model", name, list(PAIRWISE_MODELS)))
+
+
+def save_pairwise_model(model: PairwiseModel, spec: dict, path: str | os.PathLike) -> None:
+    """Weights and the model block (``{name, args}``) in one file (atomic; loadable with weights_only)."""
+    import json
+
+    from lookalike.io import atomic_path
+
+    state = {"state_dict": {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()},
+             "pairwise_model": json.dumps(spec)}
+    with atomic_path(path, suffix=".tmp") as tmp:
+        torch.save(state, tmp)
+
+
+def load_pairwise_model(path: str | os.PathLike, extractor: nn.Module | None = None) -> PairwiseModel:
+    """The pairwise model saved by `save_pairwise_model` or a ``train-pairwise`` checkpoint, in eval mode.
+    Image models need the ``extractor`` the trunk was taken from (same architecture)."""
+    import json
+
+    from lookalike.models.checkpoints import load_into, load_weights
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"pairwise checkpoint {path!r} not found; give a train-pairwise run's "
+                              "pairwise/checkpoints/best.ckpt.")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+        spec = json.loads(raw["pairwise_model"])
+    except Exception as exc:
+        raise CheckpointError(f"pairwise checkpoint {path} cannot be read as a lookalike pairwise model "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); it must "
+                              "be written by lookalike train-pairwise.") from None
+    model = build_pairwise_model(spec["name"], spec.get("args") or {}, feat_dim=spec.get("feat_dim"),
+                                 extractor=extractor)
+    load_into(model, load_weights(path, prefix="model."))
+    return model.eval()
