@@ -97,6 +97,12 @@ def test_every_registry_entry_builds_and_runs(block, name, tmp_path, monkeypatch
     if block == "scheduler":
         opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
         context["optimizer"] = opt
+    if (block, name) == ("postprocessor", "pairwise"):  # needs a saved pairwise model: the smallest there is
+        from lookalike.models.pairwise import EmbeddingPairClassifier, save_pairwise_model
+
+        spec = {"name": "embedding_mlp", "args": {"in_features": 8, "hidden_dims": [4]}}
+        save_pairwise_model(EmbeddingPairClassifier(8, hidden_dims=[4]), spec, tmp_path / "pairwise.pt")
+        args["checkpoint"] = str(tmp_path / "pairwise.pt")
     if block == "logger":
         args.setdefault("save_dir", str(tmp_path))
         if name == "mlflow":
