@@ -35,9 +35,9 @@ class ResNetExtractor(Extractor):
         names = [name for name, _ in net.named_children() if name not in ("avgpool", "fc")]
         body = nn.Sequential(*(getattr(net, name) for name in names))
         self._body_index = {name: str(i) for i, name in enumerate(names)}  # torchvision child name -> position
+        self.arch = arch
         super().__init__(nn.Sequential(body, make_pooling(pooling)), net.fc.in_features,
                          embedding_dim=embedding_dim, normalise=normalise, weights=weights)
-        self.arch = arch
 
     def plain_key(self, key: str) -> str | None:
         """`layer1.0.conv1.weight` of torchvision's ResNet -> `backbone.0.4.0.conv1.weight`; `fc.*` -> None."""
@@ -77,9 +77,9 @@ class ViTExtractor(Extractor):
             raise LookalikeError(f"ViTExtractor({arch!r}) needs image_size divisible by its patch size {patch}, "
                                  f"got {image_size}; e.g. {max(patch, round(image_size / patch) * patch)}.")
         net = getattr(torchvision.models, arch)(weights=None, image_size=image_size)
+        self.arch = arch
         super().__init__(_ViTBackbone(net, image_size), net.hidden_dim, embedding_dim=embedding_dim,
                          normalise=normalise, weights=weights)
-        self.arch = arch
 
     def plain_key(self, key: str) -> str | None:
         """torchvision's ViT keys live under `backbone.net.`; its classifier `heads.*` is not kept."""
@@ -137,9 +137,9 @@ class TimmExtractor(Extractor):
             pool = make_pooling(pooling)
             dim = net.num_features
         self._classifier = _timm_classifier_name(net)
+        self.model_name = model_name  # before the weights load: the zoo checks the architecture
         super().__init__(_TimmBackbone(net, pool), int(dim), embedding_dim=embedding_dim, normalise=normalise,
                          weights=weights)
-        self.model_name = model_name
 
     def plain_key(self, key: str) -> str | None:
         """timm's keys live under `backbone.net.`; its classifier (`classifier.*`, `fc.*`, `head.fc.*`) is not
