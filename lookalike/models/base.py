@@ -37,14 +37,31 @@ class Extractor(nn.Module):
         features = self.head(self.backbone(images))
         return F.normalize(features, dim=1) if self.normalise else features
 
-    def load_weights(self, weights: str | os.PathLike) -> None:
-        """Load a checkpoint file, or "zoo:<name>" from the model zoo (downloaded once, hash-checked)."""
-        from lookalike.models.checkpoints import load_into
-        from lookalike.models.zoo import zoo_checkpoint_path
+    def load_weights(self, weights: str | os.PathLike) -> str:
+        """Load a checkpoint file, or "zoo:<name>" from the model zoo (hash-checked), and return one line saying
+        what was loaded. A file of this extractor's keys loads whole; a plain backbone state dict (a torchvision
+        or timm `state_dict()`) loads into the backbone, keeps the head as initialised and says so on stderr."""
+        import sys
+
+        from lookalike.models.checkpoints import load_pretrained
 
         text = str(weights)
-        path = zoo_checkpoint_path(text[len("zoo:"):]) if text.startswith("zoo:") else weights
-        load_into(self, path)
+        if text.startswith("zoo:"):
+            from lookalike.models.zoo import zoo_state_dict
+
+            state, source = zoo_state_dict(text[len("zoo:"):], model=self)
+        else:
+            state, source = weights, None
+        report = load_pretrained(self, state, source=source)
+        if report:
+            print(report, file=sys.stderr)
+        return report
+
+    def plain_key(self, key: str) -> str | None:
+        """This extractor's key for `key` of the plain network's own `state_dict()` (torchvision / timm names),
+        or None for a key the extractor does not hold (the classifier). Subclasses with such a network
+        override it; the default knows none."""
+        return None
 
     def freeze_backbone(self) -> None:
         """Train only the head (e.g. for the first epochs on top of pretrained weights). Only gradients are

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from lookalike.errors import CheckpointError
 from lookalike.io import atomic_path
 
-__all__ = ["save_weights", "load_weights", "load_into", "WRAPPER_PREFIXES"]
+__all__ = ["save_weights", "load_weights", "load_into", "load_pretrained", "WRAPPER_PREFIXES"]
 
 #: prefixes added by wrappers, removed whenever every key carries one (DDP, torch.compile)
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -211,3 +211,72 @@ def load_into(model: nn.Module, state_or_path: Mapping[str, Tensor] | str | os.P
         raise CheckpointError(f"{source} does not match {type(model).__name__}{under}: " + "; ".join(problems)
                               + ". Build the model with the same arguments as the one that was saved.")
     model.load_state_dict(state, strict=strict)
+
+
+def _plain_backbone(model: nn.Module, state: Mapping[str, Tensor], own: Mapping[str, Tensor]
+                    ) -> tuple[dict[str, Tensor], list[str]] | None:
+    """`state` re-keyed by the model's `plain_key` (a torchvision / timm network's own key names), and the keys
+    it leaves out (a classifier); None when the model has no such mapping or nothing of it matches."""
+    plain_key = getattr(model, "plain_key", None)
+    if plain_key is None:
+        return None
+    mapped: dict[str, Tensor] = {}
+    dropped: list[str] = []
+    for key, value in _strip_wrappers(dict(state)).items():
+        target = plain_key(key)
+        if target is None:
+            dropped.append(key)
+        else:
+            mapped[target] = value
+    return (mapped, dropped) if any(k in own for k in mapped) else None
+
+
+def load_pretrained(model: nn.Module, state_or_path: Mapping[str, Tensor] | str | os.PathLike,
+                    source: str | None = None) -> str:
+    """Load weights into an extractor: its own checkpoint (every key, as `load_into`), or a plain backbone state
+    dict (what `torchvision` / `timm` models' `state_dict()` hold) into its backbone, the rest (projection
+    head) kept as initialised. Returns one line saying what was loaded and initialised ('' for a whole
+    checkpoint); a file that fits neither raises `CheckpointError` naming the mismatched keys."""
+    if isinstance(state_or_path, (str, os.PathLike)):
+        source = source or f"checkpoint {state_or_path}"
+        state, _ = _read(Path(state_or_path).expanduser())
+    else:
+        source = source or "the given state dict"
+        state = dict(state_or_path)
+    own = model.state_dict()
+    aligned, _ = _align(state, own)
+    whole = sum(k in own for k in aligned)
+    plain = _plain_backbone(model, state, own)
+    if plain is None or whole >= sum(k in own for k in plain[0]):
+        load_into(model, state, strict=True) if source == "the given state dict" else _load_named(model, state, source)
+        return ""
+    mapped, dropped = plain
+    backbone = [k for k in own if k.startswith("backbone.")]
+    missing = [k for k in backbone if k not in mapped]
+    unexpected = [k for k in mapped if k not in own]
+    wrong = [f"{k} {tuple(mapped[k].shape)} vs model {tuple(own[k].shape)}"
+             for k in backbone if k in mapped and mapped[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} backbone key(s) missing: {_listing(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} key(s) the backbone does not have: {_listing(unexpected)}")
+    if wrong:
+        problems.append(f"{len(wrong)} shape mismatch(es): {_listing(wrong)}")
+    if problems:
+        raise CheckpointError(f"{source} read as a plain backbone state dict does not fit {type(model).__name__}: "
+                              + "; ".join(problems) + ". Use weights of the same architecture.")
+    model.load_state_dict({**own, **mapped}, strict=True)
+    kept = [k for k in own if not k.startswith("backbone.")]
+    head = ", ".join(sorted({k.rsplit(".", 1)[0] for k in kept})) or "nothing"
+    skipped = f"; left out {len(dropped)} key(s) of the file ({_listing(dropped)})" if dropped else ""
+    return (f"{type(model).__name__}: loaded the backbone ({len(mapped)} tensors) from {source}; initialised "
+            f"{head} ({len(kept)} tensor(s)){skipped}")
+
+
+def _load_named(model: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """`load_into` with the error naming `source` instead of 'the given state dict'."""
+    try:
+        load_into(model, state, strict=True)
+    except CheckpointError as error:
+        raise CheckpointError(str(error).replace("the given state dict", source, 1)) from None

@@ -32,10 +32,17 @@ class ResNetExtractor(Extractor):
         if arch not in RESNETS:
             raise LookalikeError(unknown_choice("ResNet arch", arch, RESNETS))
         net = getattr(torchvision.models, arch)(weights=None)
-        body = nn.Sequential(*(m for name, m in net.named_children() if name not in ("avgpool", "fc")))
+        names = [name for name, _ in net.named_children() if name not in ("avgpool", "fc")]
+        body = nn.Sequential(*(getattr(net, name) for name in names))
+        self._body_index = {name: str(i) for i, name in enumerate(names)}  # torchvision child name -> position
+        self.arch = arch
         super().__init__(nn.Sequential(body, make_pooling(pooling)), net.fc.in_features,
                          embedding_dim=embedding_dim, normalise=normalise, weights=weights)
-        self.arch = arch
+
+    def plain_key(self, key: str) -> str | None:
+        """`layer1.0.conv1.weight` of torchvision's ResNet -> `backbone.0.4.0.conv1.weight`; `fc.*` -> None."""
+        child, _, rest = key.partition(".")
+        return f"backbone.0.{self._body_index[child]}.{rest}" if child in self._body_index and rest else None
 
 
 class _ViTBackbone(nn.Module):
@@ -70,9 +77,13 @@ class ViTExtractor(Extractor):
             raise LookalikeError(f"ViTExtractor({arch!r}) needs image_size divisible by its patch size {patch}, "
                                  f"got {image_size}; e.g. {max(patch, round(image_size / patch) * patch)}.")
         net = getattr(torchvision.models, arch)(weights=None, image_size=image_size)
+        self.arch = arch
         super().__init__(_ViTBackbone(net, image_size), net.hidden_dim, embedding_dim=embedding_dim,
                          normalise=normalise, weights=weights)
-        self.arch = arch
+
+    def plain_key(self, key: str) -> str | None:
+        """torchvision's ViT keys live under `backbone.net.`; its classifier `heads.*` is not kept."""
+        return None if key.startswith("heads.") else f"backbone.net.{key}"
 
 
 class _TimmBackbone(nn.Module):
@@ -124,9 +135,24 @@ class TimmExtractor(Extractor):
             net = timm.create_model(model_name, pretrained=pretrained, num_classes=0, global_pool="", **timm_kwargs)
             pool = make_pooling(pooling)
             dim = net.num_features
+        self._classifier = _timm_classifier_name(net)
+        self.model_name = model_name  # before the weights load: the zoo checks the architecture
         super().__init__(_TimmBackbone(net, pool), int(dim), embedding_dim=embedding_dim, normalise=normalise,
                          weights=weights)
-        self.model_name = model_name
+
+    def plain_key(self, key: str) -> str | None:
+        """timm's keys live under `backbone.net.`; its classifier (`classifier.*`, `fc.*`, `head.fc.*`) is not
+        kept (num_classes=0)."""
+        if self._classifier and (key == self._classifier or key.startswith(self._classifier + ".")):
+            return None
+        return f"backbone.net.{key}"
+
+
+def _timm_classifier_name(net: nn.Module) -> str | None:
+    """The module name of a timm model's classifier ('classifier', 'fc', 'head.fc'), from its pretrained config."""
+    cfg = getattr(net, "pretrained_cfg", None) or getattr(net, "default_cfg", None) or {}
+    name = cfg.get("classifier")
+    return name[0] if isinstance(name, (list, tuple)) else name
 
 
 def _close_timm_names(name: str, names: Sequence[str]) -> str:

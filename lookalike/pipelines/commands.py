@@ -214,9 +214,16 @@ def _run_registry(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_zoo(args: argparse.Namespace) -> int:
+    from lookalike.models.zoo import zoo_listing
+
+    print(zoo_listing())
+    return 0
+
+
 def add_subcommands(subparsers) -> None:
-    """Adds train, validate, predict, export, index, search, dedup, export-index and registry to an argparse
-    subparsers object."""
+    """Adds train, validate, predict, export, index, search, dedup, export-index, train-pairwise, registry and
+    zoo to an argparse subparsers object."""
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser("train", help="train an extractor from a config", epilog=_EXAMPLES["train"],
                               formatter_class=fmt)
@@ -283,6 +290,10 @@ def add_subcommands(subparsers) -> None:
                    help="only this kind (extractor, sampler, criterion, miner, optimizer, scheduler, logger, "
                         "transforms)")
     p.set_defaults(handler=_run_registry)
+
+    p = subparsers.add_parser("zoo", help="list the pretrained weights by name: network, size, licence, whether "
+                                          "they load here without network")
+    p.set_defaults(handler=_run_zoo)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -183,8 +183,9 @@ def test_zoo_download_hash_and_cache(tmp_path, monkeypatch):
     url, digest = publish(tmp_path)
     cache = tmp_path / "cache"
     monkeypatch.setenv("LOOKALIKE_CACHE", str(cache))
-    monkeypatch.setitem(zoo.ZOO, "tiny", zoo.ZooEntry("SmallCNNExtractor", url, digest.upper(),
-                                                      {"channels": (4, 8), "embedding_dim": 6}))
+    monkeypatch.setitem(zoo.ZOO, "tiny", zoo.ZooEntry(
+        source=url, sha256=digest.upper(), architecture="lookalike:small_cnn", licence="test", trained_on="test",
+        extractor="SmallCNNExtractor", kwargs={"channels": (4, 8), "embedding_dim": 6}))
     model = zoo.from_zoo("tiny")
     assert same_weights(model, small(0)) and model.normalise
     cached = list(cache.iterdir())
@@ -198,12 +199,13 @@ def test_zoo_download_hash_and_cache(tmp_path, monkeypatch):
         zoo.zoo_checkpoint_path("tiny")
 
 
-def test_zoo_entry_with_a_class_and_file_name(tmp_path, monkeypatch):
+def test_zoo_entry_cached_under_its_hash_and_name(tmp_path, monkeypatch):
     url, digest = publish(tmp_path)
-    monkeypatch.setitem(zoo.ZOO, "tiny", zoo.ZooEntry(SmallCNNExtractor, url, digest, {"channels": (4, 8),
-                                                      "embedding_dim": 6}, file_name="tiny.pt"))
+    monkeypatch.setitem(zoo.ZOO, "tiny", zoo.ZooEntry(source=url, sha256=digest, architecture="lookalike:small_cnn",
+                                                      licence="test", trained_on="test"))
     path = zoo.zoo_checkpoint_path("tiny", cache_dir=tmp_path / "c")
-    assert path == tmp_path / "c" / "tiny.pt" and hashlib.sha256(path.read_bytes()).hexdigest() == digest
+    assert path == tmp_path / "c" / f"{digest[:16]}-published.pt"
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
 
 
 def test_zoo_bad_hash_leaves_nothing(tmp_path):
