@@ -204,7 +204,10 @@ def train_pairwise(config: Mapping | str | Path, overrides: Iterable[str] = (), 
         raise ConfigError("resume needs run_name: the pairwise run folder to continue.")
     base = _extractor_config(cfg)
     out_root = cfg["output_dir"] or str(Path(cfg["extractor_run"]).expanduser() / "pairwise")
-    run_dir = new_run_dir({"output_dir": out_root, "run_name": cfg["run_name"]}, fresh=not resume)
+    if resume:  # the run being continued: its own folder, which new_run_dir rightly refuses to reuse
+        run_dir = (Path(out_root).expanduser() / cfg["run_name"]).resolve()
+    else:
+        run_dir = new_run_dir({"output_dir": out_root, "run_name": cfg["run_name"]})
     ckpt_dir = run_dir / "checkpoints"
     last_path, best_path = ckpt_dir / "last.ckpt", ckpt_dir / "best.ckpt"
     if resume and not last_path.is_file():

@@ -86,7 +86,7 @@ def gallery_key(gallery: Any) -> tuple | None:
     """Identity of a float32 CPU tensor (object, storage, shape, in-place version): what a backend may cache about
     a gallery (its checked copy, norms, a built index) is reused only while this is unchanged."""
     if isinstance(gallery, Tensor) and gallery.dtype == torch.float32 and gallery.is_contiguous() \
-            and gallery.device.type == "cpu":
+            and gallery.device.type == "cpu" and not gallery.is_inference():  # inference tensors have no version
         return (id(gallery), gallery.data_ptr(), tuple(gallery.shape), gallery._version)
     return None
 

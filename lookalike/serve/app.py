@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from lookalike.errors import LookalikeError
+from lookalike.errors import ArgumentError, LookalikeError
 from lookalike.serve.batching import MicroBatcher
 from lookalike.serve.uploads import ApiError, BodyLimitMiddleware, decode_image
 
@@ -51,7 +51,7 @@ def create_app(index: Any, *, token: str | None = None, max_upload_mb: float = 1
     itself: the benchmark's naive baseline). Uploaded items are stored under ``upload_dir`` (default: the index
     folder's ``uploads/``) with generated names."""
     if max_upload_mb <= 0 or max_pixels <= 0:
-        raise ValueError("max_upload_mb and max_pixels must be positive")
+        raise ArgumentError("max_upload_mb and max_pixels must be positive")
     max_upload = int(max_upload_mb * 2**20)
     service = _Service(index, token=token or None, max_upload=max_upload, max_pixels=int(max_pixels),
                        batch_wait_ms=batch_wait_ms, max_batch=max_batch, upload_dir=upload_dir)
@@ -79,7 +79,7 @@ class _Service:
                         if max_batch > 1 else None)
         folder = getattr(index, "folder", None)
         if upload_dir is None and folder is None:
-            raise ValueError("the index has no folder: pass upload_dir= to store uploaded images")
+            raise ArgumentError("the index has no folder: pass upload_dir= to store uploaded images")
         self.upload_dir = Path(upload_dir) if upload_dir is not None else Path(folder) / "uploads"
         self.model_calls = 0
         self._calls_lock = threading.Lock()

@@ -15,6 +15,8 @@ import time
 from concurrent.futures import Future
 from typing import Any, Callable, Sequence
 
+from lookalike.errors import ArgumentError
+
 __all__ = ["MicroBatcher"]
 
 log = logging.getLogger(__name__)
@@ -27,9 +29,9 @@ class MicroBatcher:
     def __init__(self, fn: Callable[[list], Sequence[Any]], *, max_batch: int = 32, max_wait_ms: float = 5.0,
                  name: str = "lookalike-batcher") -> None:
         if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+            raise ArgumentError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+            raise ArgumentError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
         self.fn = fn
         self.max_batch = int(max_batch)
         self.max_wait = float(max_wait_ms) / 1000.0
