@@ -67,6 +67,26 @@ def test_predict_with_the_onnx_runtime_matches_torch(run, tmp_path):
     assert identity["checkpoint_sha256"] == by_torch.header["extractor"]["checkpoint_sha256"]
 
 
+def test_an_index_built_and_opened_with_the_onnx_runtime_searches_like_torch(run, tmp_path):
+    from PIL import Image
+
+    from lookalike.pipelines.indexing import index, open_index
+
+    (tmp_path / "imgs").mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    src = f"source={tmp_path / 'imgs'}"
+    by_torch = open_index(index(run, [src, f"index_dir={tmp_path / 't'}"]))
+    folder = index(run, [src, "runtime=onnx", f"index_dir={tmp_path / 'o'}"])
+    info = json.loads((folder / "index.json").read_text())
+    assert info["model"]["runtime"] == "onnx" and len(info["model"]["onnx_sha256"]) == 64
+    by_onnx = open_index(folder)
+    query = [Image.open(tmp_path / "imgs" / "3.png")]
+    assert [h.id for h in by_onnx.search(query, top_k=3)[0]] == [h.id for h in by_torch.search(query, top_k=3)[0]]
+    np.testing.assert_allclose(by_onnx.embeddings, by_torch.embeddings, atol=1e-5)
+
+
 def _error(capsys, *argv) -> str:
     assert main(list(argv)) == 2
     err = capsys.readouterr().err
