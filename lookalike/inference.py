@@ -105,6 +105,15 @@ def resolve_device(accelerator: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+_BF16 = ("bf16-mixed", "bf16-true", "bf16")
+
+
+def _cpu_has_bf16() -> bool:
+    from lookalike.retrieval.bounds import native_bf16_matmul
+
+    return native_bf16_matmul()
+
+
 def autocast_for(device: torch.device, precision: Any) -> contextlib.AbstractContextManager:
     """The autocast context of a Lightning-style precision name on ``device`` (no-op for 32-bit)."""
     if precision in ("bf16-mixed", "bf16-true", "bf16"):
@@ -150,7 +159,8 @@ def _collate(items: list[dict]) -> dict:
 
 class Embedder:
     """A model (an extractor, or any callable from an image batch to embeddings), its input transform, a device
-    and a precision: ``embed_images`` for images in memory, ``embed_source`` for files."""
+    and a precision: ``embed_images`` for images in memory, ``embed_source`` for files. A bf16 precision on a
+    CPU without bf16 units runs in fp32 (emulated bf16 is slower there, measured in benchmarks/RESULTS.md)."""
 
     def __init__(self, model: torch.nn.Module | Callable, transform: Callable | None = None, *,
                  device: str | torch.device = "auto", precision: Any = "32", channels_last: bool = False,
@@ -163,6 +173,9 @@ class Embedder:
         self.layout = torch.channels_last if channels_last else torch.contiguous_format
         is_module = isinstance(model, torch.nn.Module)
         self.device = resolve_device(device) if is_module else torch.device("cpu")
+        if self.device.type == "cpu" and precision in _BF16 and not _cpu_has_bf16():
+            # emulated bf16 is slower than fp32 and less exact: inference has no other reason to use it
+            self.precision = "32"
         if is_module:
             model.to(self.device).eval()
             if channels_last:
