@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -166,10 +167,12 @@ def test_searches_during_adds_and_removes_see_whole_states():
     for t in threads:
         t.start()
     try:
-        for k in range(150):
+        k, deadline = 0, time.monotonic() + 60  # at least 150 changes, and until the searchers saw 30 states
+        while (k < 150 or len(seen) < 30) and time.monotonic() < deadline:
             pair = [f"m{k}_a", f"m{k}_b"]
             index.add(pair, np.repeat(q, 2, axis=0))
             index.remove(pair)
+            k += 1
     finally:
         stop.set()
         for t in threads:
