@@ -124,15 +124,14 @@ def embed_splits(base: Mapping, batch_size: int) -> dict[str, dict]:
     import numpy as np
 
     from lookalike.data import schema
-    from lookalike.inference import Embedder, image_source
-    from lookalike.pipelines import builders, loading
+    from lookalike.inference import image_source
+    from lookalike.pipelines import loading
+    from lookalike.pipelines.embedders import embedder_for
 
     table = loading.load_table(base)
     origin = str(loading.dataset_root(base) / base["csv"])
-    embedder = Embedder(builders.build_extractor(base), builders.build_transforms(base, "transforms_val"),
-                        device=base["accelerator"], precision=base["precision"],
-                        channels_last=base["channels_last"], batch_size=batch_size,
-                        num_workers=base["num_workers"])
+    embedder = embedder_for(base)  # the extractor run's model and validation transforms, as predict uses
+    embedder.batch_size = int(batch_size)
     out = {}
     for split in ("train", "validation"):
         part = loading.split_table(table, split, origin)
