@@ -27,6 +27,7 @@ from lookalike.data.images import read_image_array, to_rgb_array
 from lookalike.errors import ConfigError, DatasetError
 
 __all__ = ["Embedder", "Embedded", "ImageSource", "image_source", "resolve_device", "autocast_for",
+           "runnable_precision",
            "IMAGE_EXTENSIONS"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -114,6 +115,14 @@ def _cpu_has_bf16() -> bool:
     return native_bf16_matmul()
 
 
+def runnable_precision(device: torch.device, precision: Any) -> Any:
+    """``precision``, or ``"32"`` for a bf16 precision on a CPU without bf16 units (AMX / AVX512-BF16): there
+    bf16 is emulated, 5-20x slower than fp32 for a ResNet-18 or EfficientNet-Lite step (docs/recipes.md)."""
+    if device.type == "cpu" and precision in _BF16 and not _cpu_has_bf16():
+        return "32"
+    return precision
+
+
 def autocast_for(device: torch.device, precision: Any) -> contextlib.AbstractContextManager:
     """The autocast context of a Lightning-style precision name on ``device`` (no-op for 32-bit)."""
     if precision in ("bf16-mixed", "bf16-true", "bf16"):
@@ -173,9 +182,7 @@ class Embedder:
         self.layout = torch.channels_last if channels_last else torch.contiguous_format
         is_module = isinstance(model, torch.nn.Module)
         self.device = resolve_device(device) if is_module else torch.device("cpu")
-        if self.device.type == "cpu" and precision in _BF16 and not _cpu_has_bf16():
-            # emulated bf16 is slower than fp32 and less exact: inference has no other reason to use it
-            self.precision = "32"
+        self.precision = runnable_precision(self.device, precision)
         if is_module:
             model.to(self.device).eval()
             if channels_last:
