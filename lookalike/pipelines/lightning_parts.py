@@ -63,6 +63,7 @@ class ExtractorModule(pl.LightningModule):
         scheduler_factory: Callable | None = None,
         freeze_backbone_epochs: int = 0,
         backbone: torch.nn.Module | None = None,
+        backbone_lr: float | None = None,
         main_metric: str = "OVERALL/cmc/1",
         channels_last: bool = False,
     ) -> None:
@@ -77,6 +78,7 @@ class ExtractorModule(pl.LightningModule):
         self.scheduler_factory = scheduler_factory
         self.freeze_backbone_epochs = int(freeze_backbone_epochs)
         self._backbone = [backbone if backbone is not None else extractor]
+        self.backbone_lr = backbone_lr
         self.main_metric = main_metric
         self.last_results: dict | None = None
         self.last_flat: dict[str, float] = {}
@@ -99,6 +101,11 @@ class ExtractorModule(pl.LightningModule):
         params = [p for p in self.extractor.parameters()]
         if self.criterion is not None:
             params += [p for p in self.criterion.parameters()]
+        if self.backbone_lr is not None:  # two groups: the (pretrained) backbone at its own lr, the rest at the optimizer's
+            in_backbone = {id(p) for p in self._backbone[0].parameters()}
+            groups = [{"params": [p for p in params if id(p) in in_backbone], "lr": float(self.backbone_lr)},
+                      {"params": [p for p in params if id(p) not in in_backbone]}]
+            params = [group for group in groups if group["params"]]
         optimizer = self.optimizer_factory(params)
         scheduler = self.scheduler_factory(optimizer) if self.scheduler_factory else None
         if scheduler is None:

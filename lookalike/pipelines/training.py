@@ -108,6 +108,7 @@ def _build_module(cfg: Mapping, data):
         scheduler_factory=lambda opt: builders.build_scheduler(cfg, opt),
         freeze_backbone_epochs=cfg["freeze_backbone_epochs"],
         backbone=backbone,
+        backbone_lr=cfg["backbone_lr"],
         main_metric=cfg["metric_for_checkpointing"],
         channels_last=cfg["channels_last"],
     )
