@@ -38,6 +38,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lookalike.retrieval.base import RowSubset
 from lookalike.retrieval.distances import TINY_NORM, pair_distances, row_sq_norms
 
 __all__ = ["ScreeningBounds", "fp32_matmul_is_ieee", "native_bf16_matmul", "fast_norms", "inverse_norms",
@@ -89,8 +90,9 @@ def fast_norms(x: Tensor) -> Tensor:
 class ScreeningBounds:
     """Per-search precomputation: float64 norms, screening vectors' error terms, bound constants."""
 
-    def __init__(self, queries: Tensor, gallery: Tensor, distance: str, precision: str,
+    def __init__(self, queries: Tensor, gallery: Tensor | RowSubset, distance: str, precision: str,
                  gallery_cache: dict | None = None):
+        """``gallery``: a tensor or a `RowSubset` of a larger one (read block by block, never copied whole)."""
         self.q, self.g, self.distance, self.precision = queries, gallery, distance, precision
         self.d = d = queries.shape[1]
         cosine = distance == "cosine"
@@ -110,7 +112,7 @@ class ScreeningBounds:
         self.g_screen = None
         if gallery_cache is not None and self.g_inv is not None:
             if "g_screen" not in cache:
-                cache["g_screen"] = self.prep32(gallery, self.g_inv)
+                cache["g_screen"] = self.prep32(gallery if isinstance(gallery, Tensor) else gallery[:], self.g_inv)
             self.g_screen = cache["g_screen"]
         if distance == "euclidean":
             if "neg_gsq" not in cache:
@@ -228,6 +230,9 @@ class ScreeningBounds:
         return torch.where(x32.double() > x, torch.nextafter(x32, torch.tensor(-_INF)), x32)
 
     def canonical(self, qpos: Tensor, gpos: Tensor) -> Tensor:
+        if isinstance(self.g, RowSubset):
+            return pair_distances(self.q, self.g.base, qpos, self.g.positions(gpos), self.distance,
+                                  self.q_sq_canonical)
         return pair_distances(self.q, self.g, qpos, gpos, self.distance, self.q_sq_canonical)
 
 
