@@ -48,6 +48,15 @@ _MAX_KEPT = 1 << 22
 _HISTC_MIN = 1 << 19
 #: nested histogram levels before a set is kept whatever its size (float64 bins are then below resolution)
 _MAX_DEPTH = 6
+#: from this many pairs on, thresholds are found in one pass over the pairs (plus a sample), else in two
+_ONE_PASS_MIN_PAIRS = 1 << 24
+#: negative pairs in the sample that places the one-pass bands
+_SAMPLE_PAIRS = 1 << 22
+#: band half-width: this many binomial standard deviations of the sampled fraction, plus a relative share
+_Z = 10.0
+_REL_SPREAD = 0.05
+
+
 def _index(values: Tensor, low: float, width: float) -> Tensor:
     return ((values - low) / width).floor_().clamp_(0, _BINS - 1).long()
 
@@ -275,35 +284,206 @@ def fmr_thresholds(
         raise LookalikeError(f"fnmr_at_fmr: sequences must have one value per embedding ({len(emb)})")
     seq = None if sequences is None else factorize_sequences(sequences)
     pairs = PairStream(emb, labels_t, q_flag, g_flag, seq, distance, int(query_chunk_size), int(gallery_chunk_size))
+    n_neg = pairs.negative_count()
+    positions = {f: f * (n_neg - 1) for f in fmr_vals}
+    ranks = sorted({int(p) for p in positions.values()} | {min(int(p) + 1, n_neg - 1) for p in positions.values()})
+    found = None
+    if n_neg and len(pairs.q) * len(pairs.g) >= _ONE_PASS_MIN_PAIRS:
+        found = _one_pass(pairs, ranks, n_neg)  # None when a rank fell outside the sampled bands (rare)
+    if found is None:
+        found = _two_passes(pairs, ranks) if n_neg else ({}, _positives(pairs, []))
+    keys, positives = found
+    if len(positives[0]) == 0 or n_neg == 0:
+        return {f: None for f in fmr_vals}
+    out: dict[float, dict | None] = {}
+    thresholds = {}
+    for f, p in positions.items():
+        lo, hi = int(p), min(int(p) + 1, n_neg - 1)
+        d_lo, d_hi = pairs.to_distance(keys[lo]), pairs.to_distance(keys[hi])
+        t = p - lo  # numpy's linear interpolation, rounding included (so the two agree to the last bit)
+        thresholds[f] = d_lo + t * (d_hi - d_lo) if t < 0.5 else d_hi - (d_hi - d_lo) * (1 - t)
+    above = _positives_above(pairs, positives, list(thresholds.values()))
+    for (f, threshold), n_above in zip(thresholds.items(), above):
+        out[f] = {"threshold": float(threshold), "fnmr": n_above / len(positives[0]),
+                  "n_positive": len(positives[0]), "n_negative": n_neg}
+    return out
 
-    # pass 1: canonical distances of the positives, and a histogram of the negatives' fast keys
+
+def _positives(pairs: PairStream, parts: list) -> tuple[Tensor, Tensor, Tensor]:
+    """(query positions, gallery positions, fast keys) of every positive pair, from the blocks' parts."""
+    if not parts:
+        empty = torch.empty(0, dtype=torch.int64)
+        return empty, empty, torch.empty(0)
+    return tuple(torch.cat(column) for column in zip(*parts))  # type: ignore[return-value]
+
+
+def _positives_above(pairs: PairStream, positives: tuple[Tensor, Tensor, Tensor], thresholds: list[float]
+                     ) -> list[int]:
+    """How many positives have a canonical distance above each threshold. The fast key decides wherever it is
+    farther than the screening bound from the threshold; the others (few) get their canonical distance."""
+    rows, cols, fast = positives
+    k = fast.double()
+    err = pairs.err * 1.01 + 1e-300
+    low, high = k - err, k + err
+    if pairs.distance == "euclidean":
+        low, high = low.clamp_(min=0.0).sqrt_(), high.clamp_(min=0.0).sqrt_()
+    slack = 1e-12  # the float64 roundings of the bounds and square roots above
+    certain_above, unsure = [], torch.zeros(len(k), dtype=torch.bool)
+    for t in thresholds:
+        surely = low > t + slack * (abs(t) + 1)
+        certain_above.append(surely)
+        unsure |= ~surely & ~(high < t - slack * (abs(t) + 1))
+    idx = unsure.nonzero().squeeze(1)
+    canonical = pairs.distances(rows[idx], cols[idx]).double()
+    return [int((surely & ~unsure).sum()) + int((canonical > t).sum()) for surely, t in zip(certain_above, thresholds)]
+
+
+def _two_passes(pairs: PairStream, ranks: list[int]) -> tuple[dict[int, float], tuple[Tensor, Tensor, Tensor]]:
+    """Pass 1: a histogram of every negative's fast key; then `_order_statistics` (usually one more pass)."""
     root_low, root_high = pairs.clamp
     root_width = (root_high - root_low) / _BINS
     root = torch.zeros(_BINS, dtype=torch.long)
-    positives = []
-    for _, _, keys, chunk_positives in pairs.blocks():
-        if chunk_positives is not None and len(chunk_positives[0]):
-            positives.append(pairs.distances(*chunk_positives))
+    parts = []
+    for _, _, keys, block_positives in pairs.blocks():
+        parts.append(block_positives)
         # every key lies in [root_low, root_high] (clamped), NaN ones (not negatives) are left out; histc has a
         # large fixed cost, so small blocks are counted directly (either binning serves: it only picks windows)
         if keys.numel() >= _HISTC_MIN:
             root += torch.histc(keys, bins=_BINS, min=root_low, max=root_high).long()
         else:
             _count_into(root, _index(keys[~torch.isnan(keys)], root_low, root_width))
-    pos_dist = torch.cat(positives).double() if positives else torch.empty(0, dtype=torch.float64)
-    n_neg = int(root.sum())
-    if len(pos_dist) == 0 or n_neg == 0:
-        return {f: None for f in fmr_vals}
+    return _order_statistics(pairs, root, root_low, root_width, ranks), _positives(pairs, parts)
 
-    positions = {f: f * (n_neg - 1) for f in fmr_vals}
-    ranks = sorted({int(p) for p in positions.values()} | {min(int(p) + 1, n_neg - 1) for p in positions.values()})
-    keys = _order_statistics(pairs, root, root_low, root_width, ranks)  # usually one more pass
-    out: dict[float, dict | None] = {}
-    for f, p in positions.items():
-        lo, hi = int(p), min(int(p) + 1, n_neg - 1)
-        d_lo, d_hi = pairs.to_distance(keys[lo]), pairs.to_distance(keys[hi])
-        t = p - lo  # numpy's linear interpolation, rounding included (so the two agree to the last bit)
-        threshold = d_lo + t * (d_hi - d_lo) if t < 0.5 else d_hi - (d_hi - d_lo) * (1 - t)
-        out[f] = {"threshold": float(threshold), "fnmr": float((pos_dist > threshold).double().mean()),
-                  "n_positive": len(pos_dist), "n_negative": n_neg}
+
+class _Band:
+    """Negatives whose fast key lies in ``[lo, hi)``: kept (flat pair positions, fast keys, sorted by key), and
+    how many negatives lie below it; the ranks it should hold."""
+
+    def __init__(self, lo: float, hi: float):
+        self.lo, self.hi, self.below, self.above, self.parts, self.ranks = lo, hi, 0, 0, [], []
+
+    def add(self, flat: Tensor, values: Tensor, counts_below: bool) -> None:
+        """``values`` (fast keys at the flat pair positions ``flat``) hold every negative of a block on this band's
+        side of the cut: all those below the cut (``counts_below``) or all those above it."""
+        inside = values >= self.lo if math.isfinite(self.lo) else torch.ones_like(values, dtype=torch.bool)
+        if math.isfinite(self.hi):
+            inside &= values < self.hi
+        if counts_below and math.isfinite(self.lo):
+            self.below += int(torch.count_nonzero(values < self.lo))
+        if not counts_below and math.isfinite(self.hi):
+            self.above += int(torch.count_nonzero(values >= self.hi))
+        self.parts.append((flat[inside], values[inside]))
+
+    def finish(self, n_neg: int, counted_below: bool) -> None:
+        flat = torch.cat([p[0] for p in self.parts]) if self.parts else torch.empty(0, dtype=torch.int64)
+        fast = torch.cat([p[1] for p in self.parts]) if self.parts else torch.empty(0)
+        self.fast, order = torch.sort(fast, stable=True)
+        self.flat, self.parts = flat[order], []
+        if not counted_below:
+            self.below = n_neg - self.above - len(fast)
+
+
+def _sample_bands(pairs: PairStream, fractions: list[float]) -> list[_Band]:
+    """A band of fast keys per wanted fraction of the negatives, from evenly spread stretches of query rows: the
+    fast key at that fraction lies inside it with overwhelming probability (and that is checked exactly later).
+    The band's width covers ``_Z`` standard errors of the sampled fraction, measured across the stretches (rows
+    are not independent pairs), and at least ``_Z`` binomial ones."""
+    nq, ng = len(pairs.q), len(pairs.g)
+    rows = min(nq, max(1, _SAMPLE_PAIRS // max(ng, 1)))
+    n_stretches = min(rows, 32)
+    per = -(-rows // n_stretches)
+    starts = sorted(set(torch.linspace(0, nq - per, n_stretches).long().tolist()))
+    stretches: dict[int, list[Tensor]] = {a: [] for a in starts}
+    for q0, _, keys, _ in pairs.blocks([(a, a + per) for a in starts]):
+        stretches[q0].append(keys[~torch.isnan(keys)])
+    groups = [torch.cat(v) for v in stretches.values()]
+    sample = torch.sort(torch.cat(groups)).values
+    n = len(sample)
+    margin = 2 * pairs.err + 4 * U32 * (1 + max(abs(pairs.key_range[0]), abs(pairs.key_range[1])))
+    bands: dict[tuple[float, float], _Band] = {}
+    out = []
+    for p in fractions:
+        if n == 0:
+            return []
+        q = sample[min(n - 1, int(p * n))]
+        shares = torch.tensor([float((g < q).double().mean()) if len(g) else p for g in groups], dtype=torch.float64)
+        se = float(shares.std()) / math.sqrt(len(groups)) if len(groups) > 1 else 1.0
+        spread = _Z * max(se, math.sqrt(max(p * (1 - p), 1.0 / n) / n)) + 2.0 / n
+        lo_q, hi_q = p - spread, p + spread
+        lo = float(sample[int(lo_q * n)]) - margin if lo_q > 0 else -math.inf
+        hi = float(sample[min(n - 1, int(math.ceil(hi_q * n)))]) + margin if hi_q < 1 else math.inf
+        band = bands.setdefault((lo, hi), _Band(lo, hi))
+        out.append(band)
     return out
+
+
+def _one_pass(pairs: PairStream, ranks: list[int], n_neg: int
+              ) -> tuple[dict[int, float], tuple[Tensor, Tensor, Tensor]] | None:
+    """The order statistics of ``ranks`` in one pass over the pairs (after a small sample), or None.
+
+    A sample of query rows puts each rank's fast key inside a band; the pass counts the negatives below (or
+    above) every band and keeps the band's members. The r-th smallest fast key ``F_r`` is then known exactly,
+    and since no key moves by more than ``err``, neither does the r-th order statistic: the r-th canonical key
+    lies in ``[F_r - err, F_r + err]``. Canonical keys are computed only for the members whose fast key is within
+    ``2 err`` of ``F_r``, and the rank is read from them as in `_Kept` (exact). None (the caller falls back to
+    two passes) when a rank or its window is not inside its band.
+    """
+    fractions = [r / max(n_neg - 1, 1) for r in ranks]
+    per_rank = _sample_bands(pairs, fractions)
+    if not per_rank:
+        return None
+    bands = list({id(b): b for b in per_rank}.values())
+    for band, r in zip(per_rank, ranks):
+        band.ranks.append(r)
+    # bands in the upper half are counted from above (fewer values pass the cut), the others from below
+    low = [b for b in bands if math.isfinite(b.hi) and max(b.ranks) <= n_neg // 2]
+    high = [b for b in bands if all(b is not x for x in low)]
+    cut_low = max((b.hi for b in low), default=math.nan)
+    cut_high = min((b.lo for b in high), default=math.nan)
+    parts = []
+    ng = len(pairs.g)
+    for q0, g0, keys, block_positives in pairs.blocks():
+        parts.append(block_positives)
+        flat_keys = keys.view(-1)
+        width = keys.shape[1]
+        for group, is_low in ((low, True), (high, False)):
+            if not group:
+                continue
+            if is_low:
+                sel = (flat_keys < cut_low).nonzero().squeeze(1)
+            elif math.isfinite(cut_high):
+                sel = (flat_keys >= cut_high).nonzero().squeeze(1)
+            else:
+                sel = (~torch.isnan(flat_keys)).nonzero().squeeze(1)
+            values = flat_keys.index_select(0, sel)
+            flat = (q0 + sel // width) * ng + (g0 + sel % width)  # position of the pair in the Nq x Ng grid
+            for band in group:
+                band.add(flat, values, is_low)
+    value: dict[int, float] = {}
+    slack = 4 * U32 * (1 + max(abs(pairs.key_range[0]), abs(pairs.key_range[1])))
+    for band in bands:
+        band.finish(n_neg, any(band is x for x in low))
+        windows = []
+        for r in band.ranks:
+            local = r - band.below
+            if not 0 <= local < len(band.fast):
+                return None
+            f_r = float(band.fast[local])
+            w_lo, w_hi = f_r - 2 * pairs.err - slack, f_r + 2 * pairs.err + slack
+            if w_lo < band.lo or w_hi > band.hi:
+                return None
+            ends = torch.searchsorted(band.fast.double(), torch.tensor([w_lo, w_hi], dtype=torch.float64))
+            windows.append((r, w_lo, w_hi, int(ends[0]), int(ends[1])))
+        a0, b0 = min(w[3] for w in windows), max(w[4] for w in windows)
+        flat = band.flat[a0:b0]
+        canonical_all = pairs.canonical_keys(flat // ng, flat % ng)
+        for r, w_lo, w_hi, a, b in windows:
+            canonical = canonical_all[a - a0 : b - a0]
+            # negatives below the window have canonical keys < w_lo + err, those above it >= w_hi - err
+            c_lo, c_hi = w_lo + pairs.err, w_hi - pairs.err
+            before = band.below + a + int((canonical < c_lo).sum())
+            inside = torch.sort(canonical[(canonical >= c_lo) & (canonical < c_hi)]).values
+            if not before <= r < before + len(inside):
+                return None
+            value[r] = float(inside[r - before])
+    return value, _positives(pairs, parts)
