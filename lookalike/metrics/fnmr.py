@@ -51,7 +51,7 @@ _MAX_DEPTH = 6
 #: from this many pairs on, thresholds are found in one pass over the pairs (plus a sample), else in two
 _ONE_PASS_MIN_PAIRS = 1 << 24
 #: negative pairs in the sample that places the one-pass bands
-_SAMPLE_PAIRS = 1 << 22
+_SAMPLE_PAIRS = 1 << 20
 #: band half-width: this many binomial standard deviations of the sampled fraction, plus a relative share
 _Z = 10.0
 _REL_SPREAD = 0.05
@@ -362,17 +362,9 @@ class _Band:
     def __init__(self, lo: float, hi: float):
         self.lo, self.hi, self.below, self.above, self.parts, self.ranks = lo, hi, 0, 0, [], []
 
-    def add(self, flat: Tensor, values: Tensor, counts_below: bool) -> None:
-        """``values`` (fast keys at the flat pair positions ``flat``) hold every negative of a block on this band's
-        side of the cut: all those below the cut (``counts_below``) or all those above it."""
-        inside = values >= self.lo if math.isfinite(self.lo) else torch.ones_like(values, dtype=torch.bool)
-        if math.isfinite(self.hi):
-            inside &= values < self.hi
-        if counts_below and math.isfinite(self.lo):
-            self.below += int(torch.count_nonzero(values < self.lo))
-        if not counts_below and math.isfinite(self.hi):
-            self.above += int(torch.count_nonzero(values >= self.hi))
-        self.parts.append((flat[inside], values[inside]))
+    def add(self, flat: Tensor, values: Tensor) -> None:
+        """Members of one block: flat pair positions and their fast keys."""
+        self.parts.append((flat, values))
 
     def finish(self, n_neg: int, counted_below: bool) -> None:
         flat = torch.cat([p[0] for p in self.parts]) if self.parts else torch.empty(0, dtype=torch.int64)
@@ -390,7 +382,7 @@ def _sample_bands(pairs: PairStream, fractions: list[float]) -> list[_Band]:
     are not independent pairs), and at least ``_Z`` binomial ones."""
     nq, ng = len(pairs.q), len(pairs.g)
     rows = min(nq, max(1, _SAMPLE_PAIRS // max(ng, 1)))
-    n_stretches = min(rows, 32)
+    n_stretches = min(rows, 16)
     per = -(-rows // n_stretches)
     starts = sorted(set(torch.linspace(0, nq - per, n_stretches).long().tolist()))
     stretches: dict[int, list[Tensor]] = {a: [] for a in starts}
@@ -406,7 +398,8 @@ def _sample_bands(pairs: PairStream, fractions: list[float]) -> list[_Band]:
         if n == 0:
             return []
         q = sample[min(n - 1, int(p * n))]
-        shares = torch.tensor([float((g < q).double().mean()) if len(g) else p for g in groups], dtype=torch.float64)
+        shares = torch.tensor([int(torch.count_nonzero(g < q)) / len(g) if len(g) else p for g in groups],
+                              dtype=torch.float64)
         se = float(shares.std()) / math.sqrt(len(groups)) if len(groups) > 1 else 1.0
         spread = _Z * max(se, math.sqrt(max(p * (1 - p), 1.0 / n) / n)) + 2.0 / n
         lo_q, hi_q = p - spread, p + spread
@@ -415,6 +408,50 @@ def _sample_bands(pairs: PairStream, fractions: list[float]) -> list[_Band]:
         band = bands.setdefault((lo, hi), _Band(lo, hi))
         out.append(band)
     return out
+
+
+def _disjoint(bands, band_of_rank) -> list[_Band]:
+    """Overlapping bands merged (sorted by their lower end), each holding the ranks it serves."""
+    merged: list[_Band] = []
+    into = {}
+    for band in sorted(bands, key=lambda b: b.lo):
+        if merged and band.lo < merged[-1].hi:
+            merged[-1].hi = max(merged[-1].hi, band.hi)
+        else:
+            merged.append(_Band(band.lo, band.hi))
+        into[id(band)] = merged[-1]
+    for band, r in band_of_rank:
+        into[id(band)].ranks.append(r)
+    return merged
+
+
+def _cut_bands(group: list[_Band], values: Tensor, sel: Tensor, q0: int, g0: int, width: int, ng: int,
+               below: bool) -> None:
+    """Hand a block's values to disjoint bands ordered outward from the cut: ``values`` (at block positions
+    ``sel``) are every negative on the group's side of its first band; each band counts those beyond it and
+    keeps its members, and the next band works on the values beyond."""
+    for i, band in enumerate(group):
+        edge_in, edge_out = (band.hi, band.lo) if below else (band.lo, band.hi)
+        beyond = None
+        if math.isfinite(edge_out):
+            beyond = values < edge_out if below else values >= edge_out
+        if i == 0:  # the values were cut at this band's inner edge already
+            inside = ~beyond if beyond is not None else None
+        else:
+            inside = values < edge_in if below else values >= edge_in
+            if beyond is not None:
+                inside &= ~beyond
+        at = sel if inside is None else sel.index_select(0, inside.nonzero().squeeze(1))
+        kept = values if inside is None else values.index_select(0, inside.nonzero().squeeze(1))
+        band.add((q0 + at // width) * ng + (g0 + at % width), kept)
+        if beyond is None:
+            break
+        idx = beyond.nonzero().squeeze(1)
+        values, sel = values.index_select(0, idx), sel.index_select(0, idx)
+        if below:
+            band.below += len(values)
+        else:
+            band.above += len(values)
 
 
 def _one_pass(pairs: PairStream, ranks: list[int], n_neg: int
@@ -432,33 +469,25 @@ def _one_pass(pairs: PairStream, ranks: list[int], n_neg: int
     per_rank = _sample_bands(pairs, fractions)
     if not per_rank:
         return None
-    bands = list({id(b): b for b in per_rank}.values())
-    for band, r in zip(per_rank, ranks):
-        band.ranks.append(r)
+    bands = _disjoint({id(b): b for b in per_rank}.values(), zip(per_rank, ranks))
     # bands in the upper half are counted from above (fewer values pass the cut), the others from below
     low = [b for b in bands if math.isfinite(b.hi) and max(b.ranks) <= n_neg // 2]
     high = [b for b in bands if all(b is not x for x in low)]
-    cut_low = max((b.hi for b in low), default=math.nan)
-    cut_high = min((b.lo for b in high), default=math.nan)
+    low.sort(key=lambda b: -b.hi)  # each band is then cut from the values below the previous one
+    high.sort(key=lambda b: b.lo)
     parts = []
     ng = len(pairs.g)
     for q0, g0, keys, block_positives in pairs.blocks():
         parts.append(block_positives)
         flat_keys = keys.view(-1)
         width = keys.shape[1]
-        for group, is_low in ((low, True), (high, False)):
-            if not group:
-                continue
-            if is_low:
-                sel = (flat_keys < cut_low).nonzero().squeeze(1)
-            elif math.isfinite(cut_high):
-                sel = (flat_keys >= cut_high).nonzero().squeeze(1)
-            else:
-                sel = (~torch.isnan(flat_keys)).nonzero().squeeze(1)
-            values = flat_keys.index_select(0, sel)
-            flat = (q0 + sel // width) * ng + (g0 + sel % width)  # position of the pair in the Nq x Ng grid
-            for band in group:
-                band.add(flat, values, is_low)
+        if low:
+            sel = (flat_keys < low[0].hi).nonzero().squeeze(1)
+            _cut_bands(low, flat_keys.index_select(0, sel), sel, q0, g0, width, ng, below=True)
+        if high:
+            sel = ((flat_keys >= high[0].lo) if math.isfinite(high[0].lo) else ~torch.isnan(flat_keys))
+            sel = sel.nonzero().squeeze(1)
+            _cut_bands(high, flat_keys.index_select(0, sel), sel, q0, g0, width, ng, below=False)
     value: dict[int, float] = {}
     slack = 4 * U32 * (1 + max(abs(pairs.key_range[0]), abs(pairs.key_range[1])))
     for band in bands:
