@@ -283,3 +283,30 @@ def test_gallery_rows_are_checked():
         ExactSearch().search(x, x, 2, gallery_rows=torch.tensor([0, 10]))
     with pytest.raises(LookalikeError, match="bool mask"):
         ExactSearch().search(x, x, 2, gallery_rows=torch.ones(9, dtype=torch.bool))
+
+
+def test_bf16_euclidean_bound_covers_observed_error_and_is_as_tight_as_cosine():
+    # the screening score 2 s - |g|^2 computed as _screen does (bf16 product, fp32 addition) stays within the
+    # bound for every pair, including wide norm ranges; for unit vectors the bound is about twice cosine's (the
+    # squared distance is 2 - 2 cos), not the global worst case of the largest product
+    gen = torch.Generator().manual_seed(11)
+    d = 384
+    for scale in (torch.ones(600), torch.logspace(-2, 2, 600)):
+        x = F.normalize(torch.randn(600, d, generator=gen), dim=1) * scale[torch.randperm(600, generator=gen), None]
+        q, g = x[:100], x[100:]
+        prep = ScreeningBounds(q, g, "euclidean", "bf16")
+        T = torch.mm(q.bfloat16(), g.bfloat16().T)
+        S = torch.add(prep.neg_gsq, T, alpha=2)
+        ideal = 2 * (q.double() @ g.double().T) - g.double().square().sum(1)
+        lower = prep.lower_bound(torch.arange(len(q)), S, "bf16")  # of the squared distance
+        true_key = q.double().square().sum(1)[:, None] - ideal
+        assert bool((true_key >= lower).all())
+        assert float(((S.double() - ideal).abs() / (prep.q_norm[:, None].square() - S.double() - lower)).max()) > 0.02
+    unit = F.normalize(torch.randn(600, d, generator=gen), dim=1)
+    e_prep = ScreeningBounds(unit[:100], unit[100:], "euclidean", "bf16")
+    c_prep = ScreeningBounds(unit[:100], unit[100:], "cosine", "bf16")
+    s = torch.full((100,), 0.3)  # a near neighbour's cosine in high dimension
+    qpos = torch.arange(100)
+    e_margin = e_prep.q_norm.square() - (2 * s - 1).double() - e_prep.lower_bound(qpos, 2 * s - 1, "bf16")
+    c_margin = 1 - s.double() - c_prep.lower_bound(qpos, s, "bf16")
+    assert bool((e_margin <= 2.2 * c_margin).all()), (e_margin.max(), c_margin.max())
