@@ -8,16 +8,31 @@ Every distance that enters the answer is the retrieval layer's canonical distanc
 (`lookalike.retrieval.pair_distances`, the one exact search reports), so the result is bit-for-bit the same
 whatever the chunk sizes. Computing it for every pair would be slow, so blocks of pairs are first *screened*
 with one fp32 matmul ("fast" distances) whose error against the canonical value is bounded by ``err`` (see
-`lookalike.retrieval.bounds.pair_screening_error`), the same idea as exact search:
+`lookalike.retrieval.bounds.pair_screening_error`), the same idea as exact search.
 
-1. pass 1 computes the canonical distance of every positive pair (positives are few: about Nq x items per
-   label; only their float32 values are kept) and a histogram of the negatives' fast distances;
-2. for each needed order statistic (rank r of the negatives) the histogram gives the fast bin holding rank r;
+With more than `_ONE_PASS_MIN_PAIRS` pairs the thresholds come from **one pass** (`_one_pass`):
+
+1. a sample of evenly spread query rows (about `_SAMPLE_PAIRS` pairs) places a *band* of fast keys around each
+   needed order statistic (rank r of the negatives), wide enough for the sample's own spread across its stretches;
+2. one pass counts the negatives below every band and keeps the band's members (pair positions and fast keys;
+   one extraction per block, cut band by band), and keeps every positive pair with its fast key;
+3. the r-th smallest *fast* key ``F_r`` is then known exactly, and as no key moves by more than ``err``, neither
+   does the r-th order statistic: canonical distances are computed only for the members within ``2 err`` of
+   ``F_r``, which fixes the r-th canonical key exactly (as in `_Kept`).
+
+If a rank or its window falls outside its band (a sample that misjudged the data) the **two-pass** path
+answers (also used for small sets):
+
+1. pass 1 makes a histogram of the negatives' fast keys;
+2. for each needed order statistic the histogram gives the fast bin holding rank r;
    widened by ``2.5 err`` on each side it is a *window* that surely holds every negative whose canonical
    distance could be the answer. The next pass counts the negatives whose fast distance lies below the window,
    computes canonical distances only inside it, and keeps those in the part of the window where canonical
    order is certain. A kept set too large for memory is histogrammed again (by canonical distance) instead,
    one more pass, until it is small or all its values are equal.
+
+FNMR counts the positives above each threshold: a positive whose fast key is farther than ``err`` from the
+threshold is decided by it, the few others get their canonical distance.
 
 Euclidean distances are screened and histogrammed as squares (the matmul's error is an absolute bound on the
 square); a float32 distance squared is exact in float64, so order and ties are unchanged.
