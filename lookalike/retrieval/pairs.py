@@ -36,7 +36,8 @@ class PairStream:
         self.qs, self.gs = self.q, self.g  # screening rows
         self.q_sq = self.g_sq = self.q_sq_canonical = None
         if distance == "cosine":
-            self.qs, self.gs = self.q * inverse_norms(q_norm)[:, None], self.g * inverse_norms(g_norm)[:, None]
+            self.qs = self.q * inverse_norms(q_norm)[:, None]
+            self.gs = self.qs if self.g is self.q else self.g * inverse_norms(g_norm)[:, None]  # one copy when shared
             self.q_sq_canonical = row_sq_norms(self.q)
         elif distance == "euclidean":
             self.q_sq, self.g_sq = q_norm.square().float(), g_norm.square().float()
