@@ -419,7 +419,7 @@ def _sample_bands(pairs: PairStream, fractions: list[float]) -> list[_Band]:
         spread = _Z * max(se, math.sqrt(max(p * (1 - p), 1.0 / n) / n)) + 2.0 / n
         lo_q, hi_q = p - spread, p + spread
         lo = float(sample[int(lo_q * n)]) - margin if lo_q > 0 else -math.inf
-        hi = float(sample[min(n - 1, int(math.ceil(hi_q * n)))]) + margin if hi_q < 1 else math.inf
+        hi = float(sample[min(n - 1, math.ceil(hi_q * n))]) + margin if hi_q < 1 else math.inf
         band = bands.setdefault((lo, hi), _Band(lo, hi))
         out.append(band)
     return out
