@@ -48,8 +48,9 @@ def _join(parts: list[Tensor]) -> Tensor:
         and p.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
         and p.data_ptr() == prev.data_ptr() + prev.numel() * size for prev, p in zip(parts, parts[1:]))
     total = sum(len(p) for p in parts)
+    shape = (total, *first.shape[1:])
     if consecutive and first.is_contiguous():
-        return first.as_strided((total, *first.shape[1:]), first.stride())
+        return first.as_strided(shape, torch.empty(shape, device="meta").stride())
     out = torch.empty((total, *first.shape[1:]), dtype=first.dtype)
     start = 0
     while parts:

@@ -142,3 +142,12 @@ def test_accumulated_batches_are_not_copied_twice():
     keys = (is_query.nonzero().squeeze(1), is_gallery.nonzero().squeeze(1))
     d, i = ExactSearch("euclidean").search(q, g, 3, exclude=keys)
     assert torch.equal(results.retrieved_ids, i) and torch.equal(results.distances, d)
+
+
+def test_join_of_single_rows_and_empty_batches():
+    from lookalike.metrics.embedding_metrics import _join
+
+    x = torch.arange(12.0).view(6, 2)
+    assert torch.equal(_join([x[0:1], x[1:1], x[1:4], x[4:6]]), x)
+    assert torch.equal(_join([x[0:1], x[1:2]]), x[:2])
+    assert torch.equal(_join([torch.empty(0, 2), x[:3], x[3:].clone()]), x)
