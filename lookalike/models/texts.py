@@ -19,11 +19,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import Tensor, nn
 
-from lookalike.errors import ConfigError, LookalikeError
 from lookalike.data.texts import pad_ids
+from lookalike.errors import ConfigError, LookalikeError
 from lookalike.models.base import Extractor
 
 Weights = str | os.PathLike | None
