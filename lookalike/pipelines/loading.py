@@ -30,7 +30,12 @@ def text_tokenizer(cfg: Mapping):
     if make is None:
         raise ConfigError(f"extractor: {cfg['extractor']['name']} takes texts but has no tokenizer_for(**args) "
                           "class method, which the text datasets tokenise with.")
-    return make(**{**fixed, **dict(cfg["extractor"].get("args") or {})})
+    from lookalike.errors import LookalikeError
+
+    try:
+        return make(**{**fixed, **dict(cfg["extractor"].get("args") or {})})
+    except LookalikeError as exc:  # as build_component reports the extractor's own errors
+        raise type(exc)(f"extractor ({cfg['extractor']['name']}): {exc}") from None
 
 
 def refuse_texts(cfg: Mapping, what: str) -> None:
