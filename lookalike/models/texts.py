@@ -27,7 +27,8 @@ from lookalike.models.base import Extractor
 
 Weights = str | os.PathLike | None
 
-__all__ = ["TextExtractor", "TextTokenizer", "TextModelSource", "TEXT_MODELS", "resolve_text_model", "mean_pool"]
+__all__ = ["TextExtractor", "TextTokenizer", "TextModelSource", "TEXT_MODELS", "resolve_text_model", "mean_pool",
+           "text_models_listing"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,20 @@ TEXT_MODELS: dict[str, TextModelSource] = {
         "sentence-transformers/all-MiniLM-L6-v2: 6-layer MiniLM, 384-d, trained on 1B sentence pairs"),
 }
 TEXTS_EXTRA = 'pip install "lookalike[texts]"'
+
+
+def text_models_listing() -> str:
+    """The text models by name (for `lookalike zoo`): package, licence, whether it is installed, what it is."""
+    import importlib.util
+
+    rows = [("text model", "pip package", "licence", "available here", "what")]
+    for name, source in sorted(TEXT_MODELS.items()):
+        installed = importlib.util.find_spec(source.module) is not None
+        rows.append((name, source.package, source.licence, "installed" if installed else TEXTS_EXTRA, source.about))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    usage = "use: extractor: {name: text_transformer, args: {model: minilm_l6.sentence_transformers}}"
+    return "\n".join([*lines, "", usage])
 
 
 def _offline_transformers():

@@ -216,9 +216,12 @@ def _run_registry(args: argparse.Namespace) -> int:
 
 
 def _run_zoo(args: argparse.Namespace) -> int:
+    from lookalike.models.texts import text_models_listing
     from lookalike.models.zoo import zoo_listing
 
     print(zoo_listing())
+    print()
+    print(text_models_listing())  # text encoders: model folders from pip packages, not weight files
     return 0
 
 
