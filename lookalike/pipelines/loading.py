@@ -17,7 +17,10 @@ def extractor_modality(cfg: Mapping) -> str:
     """"text" when the config's extractor takes texts (its class says ``modality = "text"``), else "image"."""
     from lookalike.pipelines.registry import EXTRACTORS_REGISTRY
 
-    cls, _ = EXTRACTORS_REGISTRY.resolve(cfg["extractor"]["name"], "extractor.name")
+    block = cfg.get("extractor")
+    if not isinstance(block, Mapping) or not block.get("name"):  # e.g. a partial config of a helper
+        return "image"
+    cls, _ = EXTRACTORS_REGISTRY.resolve(block["name"], "extractor.name")
     return "text" if getattr(cls, "modality", "image") == "text" else "image"
 
 
