@@ -26,9 +26,11 @@ from lookalike.data.datasets import row_bboxes
 from lookalike.data.images import read_image_array, to_rgb_array
 from lookalike.errors import ConfigError, DatasetError
 
-__all__ = ["Embedder", "Embedded", "ImageSource", "image_source", "resolve_device", "autocast_for",
-           "runnable_precision",
-           "IMAGE_EXTENSIONS"]
+__all__ = ["Embedder", "Embedded", "ImageSource", "image_source", "TextSource", "text_source", "resolve_device",
+           "autocast_for", "runnable_precision", "IMAGE_EXTENSIONS", "MAX_TEXT_CHARS"]
+
+#: longest text embedded (characters); the tokenizer truncates to the model's max_length tokens anyway
+MAX_TEXT_CHARS = 10_000
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -78,6 +80,55 @@ def _from_table(table: pd.DataFrame, base: Path, origin: str) -> ImageSource:
     base = base.resolve()
     table[schema.PATH] = [p if os.path.isabs(p) else str(base / p) for p in written]
     return ImageSource(table, ids, origin)
+
+
+@dataclass
+class TextSource:
+    """Texts to embed: ``table`` (column ``text`` plus any other columns), ``ids`` (the table's own ``id``
+    column, else the row number as a string) and ``origin`` (for messages)."""
+
+    table: pd.DataFrame
+    ids: list[str]
+    origin: str
+
+
+def text_source(source: str | os.PathLike | pd.DataFrame | Sequence[str]) -> TextSource:
+    """A ``TextSource`` from a CSV with a ``text`` column, a table, or a list of strings."""
+    if isinstance(source, pd.DataFrame):
+        table, origin = source.copy(), "a table"
+    elif isinstance(source, (list, tuple)):
+        table, origin = pd.DataFrame({schema.TEXT: [str(t) for t in source]}), "a list of texts"
+    else:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            raise ConfigError(f"{str(path)!r} is a folder; texts come from a CSV file with a {schema.TEXT!r} column.")
+        if not path.is_file():
+            raise ConfigError(f"{str(path)!r} is not a CSV file (texts come from a CSV with a {schema.TEXT!r} "
+                              "column).")
+        try:
+            table = pd.read_csv(path, dtype={"id": str, schema.TEXT: str}, keep_default_na=False,
+                                na_values={schema.TEXT: []})
+        except Exception as exc:
+            raise DatasetError(f"{path} is not a readable CSV ({exc}).") from None
+        origin = str(path)
+    if schema.TEXT not in table.columns:
+        raise DatasetError(f"{origin} has no {schema.TEXT!r} column; columns are "
+                           f"{', '.join(map(str, table.columns))}. The model takes texts: add a column of texts.")
+    table = table.reset_index(drop=True)
+    table[schema.TEXT] = table[schema.TEXT].fillna("").astype(str)
+    ids = table["id"].astype(str).tolist() if "id" in table.columns else [str(i) for i in range(len(table))]
+    return TextSource(table, ids, origin)
+
+
+def text_problem(text: Any) -> str | None:
+    """Why ``text`` cannot be embedded (not a string, blank, too long), or None."""
+    if not isinstance(text, str):
+        return f"not a text ({type(text).__name__})"
+    if not text.strip():
+        return "empty text"
+    if len(text) > MAX_TEXT_CHARS:
+        return f"text of {len(text):,} characters, over the limit of {MAX_TEXT_CHARS:,}"
+    return None
 
 
 @dataclass
@@ -189,21 +240,54 @@ class Embedder:
                 model.to(memory_format=self.layout)
 
     @property
+    def modality(self) -> str:
+        """"text" when the model takes texts (``model.modality``), else "image"."""
+        return "text" if getattr(self.model, "modality", "image") == "text" else "image"
+
+    def _require(self, modality: str) -> None:
+        if self.modality != modality:
+            raise DatasetError(f"this model takes {self.modality}s, not {modality}s: "
+                               + ("search it with texts (a CSV with a 'text' column, or strings)."
+                                  if self.modality == "text" else "search it with images."))
+
+    @property
     def dim(self) -> int | None:
         """The embedding size when the model declares one (``feat_dim``)."""
         value = getattr(self.model, "feat_dim", None)
         return int(value) if value is not None else None
 
-    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
-        """A transformed image batch (B, C, H, W) -> float32 embeddings (B, dim)."""
+    def embed_batch(self, batch: torch.Tensor | dict) -> np.ndarray:
+        """A transformed image batch (B, C, H, W), or a text batch dict (input_ids, attention_mask) -> float32
+        embeddings (B, dim)."""
+        if isinstance(batch, dict):
+            batch = {key: value.to(self.device) for key, value in batch.items()}
+        else:
+            batch = batch.to(self.device).contiguous(memory_format=self.layout)
         with torch.inference_mode(), autocast_for(self.device, self.precision):
-            out = self.model(batch.to(self.device).contiguous(memory_format=self.layout))
+            out = self.model(batch)
         if isinstance(out, torch.Tensor):
             out = out.float().cpu().numpy()
         return np.asarray(out, dtype=np.float32)
 
+    def embed_texts(self, texts: Iterable[str]) -> np.ndarray:
+        """Texts -> float32 embeddings, in order (tokenised by the model's ``encode``, padded per batch). An
+        empty, blank or too long text raises `DatasetError` naming it."""
+        self._require("text")
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            problem = text_problem(text)
+            if problem is not None:
+                raise DatasetError(f"text {i}: {problem}; give a non-empty text of at most {MAX_TEXT_CHARS:,} "
+                                   "characters.")
+        if not texts:
+            return np.zeros((0, self.dim or 0), np.float32)
+        chunks = [self.embed_batch(self.model.encode(texts[i:i + self.batch_size]))
+                  for i in range(0, len(texts), self.batch_size)]
+        return np.concatenate(chunks)
+
     def embed_images(self, images: Iterable[Image.Image | np.ndarray]) -> np.ndarray:
         """Images in memory (PIL images in any mode, or uint8 HxWx3 arrays) -> float32 embeddings, in order."""
+        self._require("image")
         inputs = [_prepare(to_rgb_array(im) if isinstance(im, Image.Image) else im, self.transform)
                   for im in images]
         if not inputs:
@@ -212,9 +296,14 @@ class Embedder:
                   for i in range(0, len(inputs), self.batch_size)]
         return np.concatenate(chunks)
 
-    def embed_source(self, source: ImageSource | str | os.PathLike | pd.DataFrame | Sequence[str],
+    def embed_source(self, source: ImageSource | TextSource | str | os.PathLike | pd.DataFrame | Sequence[str],
                      progress: bool = False) -> Embedded:
-        """Every image of ``source`` (see ``image_source``); unreadable ones land in ``failed``."""
+        """Every image of ``source`` (see ``image_source``), or every text for a text model (see
+        ``text_source``); unreadable images and empty or too long texts land in ``failed``."""
+        if self.modality == "text":
+            return self._embed_text_source(source if isinstance(source, TextSource) else text_source(source))
+        if isinstance(source, TextSource):
+            self._require("text")
         if not isinstance(source, ImageSource):
             source = image_source(source)
         items = _SafeItems(source.table[schema.PATH].tolist(), row_bboxes(source.table), self.transform)
@@ -235,3 +324,11 @@ class Embedder:
         dim = chunks[0].shape[1] if chunks else (self.dim or 0)
         embeddings = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
         return Embedded(embeddings, np.asarray(rows, dtype=np.int64), failed)
+
+    def _embed_text_source(self, source: TextSource) -> Embedded:
+        texts = source.table[schema.TEXT].tolist()
+        problems = [text_problem(t) for t in texts]
+        failed = [(i, p) for i, p in enumerate(problems) if p is not None]
+        rows = np.asarray([i for i, p in enumerate(problems) if p is None], dtype=np.int64)
+        embeddings = self.embed_texts([texts[i] for i in rows.tolist()])
+        return Embedded(embeddings, rows, failed)
