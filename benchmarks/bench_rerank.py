@@ -37,6 +37,8 @@ def main() -> None:
     parser.add_argument("--run", required=True, help="a trained lookalike train run folder")
     parser.add_argument("--minutes", type=float, default=3.0, help="pairwise training budget")
     parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--blends", type=float, nargs="+", default=[0.0, 0.5],
+                        help="pairwise rows: weight of the search distance in the re-ranking score")
     parser.add_argument("--record", action="store_true", help="write the section of benchmarks/RESULTS.md")
     args = parser.parse_args()
     sys.path.insert(0, str(HERE.parent))
@@ -64,15 +66,16 @@ def main() -> None:
     base_metrics, base_s = timed(lambda: _metrics(val), repeats=2)
     rows.append(("base (exact search)", "-", base_metrics, base_s))
     for n in (5, 20, 50):
+        pairwise = [(f"+ pairwise (embeddings), blend {w:g}", PairwiseReranker(model, top_n=n, blend=w))
+                    for w in args.blends]
         for name, post in (("+ query expansion", QueryExpansion(top_n=n)),
-                           ("+ k-reciprocal (20, 6, 0.3)", KReciprocalReranker(top_n=n)),
-                           ("+ pairwise (embeddings)", PairwiseReranker(model, top_n=n))):
+                           ("+ k-reciprocal (20, 6, 0.3)", KReciprocalReranker(top_n=n)), *pairwise):
             m, s = timed(lambda: _metrics(val, post))
             rows.append((name, n, m, s))
 
     load = os.getloadavg()
     lines = [SECTION, "",
-             f"Command: `.venv/bin/python benchmarks/bench_rerank.py --run {args.run} --minutes {args.minutes}`; "
+             f"Command: `.venv/bin/python benchmarks/bench_rerank.py {' '.join(sys.argv[1:])}`; "
              f"validation split of emoji-open ({len(val['labels'])} queries = gallery). Load average during the run "
              f"(`uptime`): {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} on 2 cores shared with other agents, so "
              "every time is inflated and noisy; ratios are measured in the same run.", "",

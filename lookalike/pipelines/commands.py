@@ -61,8 +61,11 @@ def split_config_and_overrides(items: Sequence[str]) -> tuple[str | None, list[s
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    from lookalike.pipelines.config import shipped_configs
+
+    names = ", ".join(sorted(shipped_configs()))
     parser.add_argument("items", nargs="*", metavar="CONFIG|KEY=VALUE",
-                        help="a YAML config, a shipped config name (default, triplet, arcface, category_balance) "
+                        help=f"a YAML config, a shipped config name ({names}) "
                              "or a run folder, then key=value overrides with dotted keys (values are YAML)")
     parser.add_argument("--trust-config", action="store_true",
                         help="follow import paths (name: module:attr) in a run folder's config.yaml; without it they "
