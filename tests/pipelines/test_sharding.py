@@ -94,7 +94,7 @@ def test_index_on_two_externally_launched_processes_equals_one_process(trained, 
         assert f"INDEXED {tmp_path / 'two'}" in out
     a, b = SearchIndex.load(one), SearchIndex.load(tmp_path / "two")
     assert a.ids == b.ids and len(a) == 80
-    assert np.array_equal(a.store.embeddings, b.store.embeddings)
+    assert np.array_equal(a.embeddings, b.embeddings)
     assert pd.read_csv(tmp_path / "two" / "failed.csv")["id"].tolist() == ["item030"]
     info = json.loads((tmp_path / "two" / "index.json").read_text())
     assert info["model"]["checkpoint_sha256"] == json.loads((one / "index.json").read_text())["model"][
