@@ -141,6 +141,18 @@ class ExtractorModule(pl.LightningModule):
     # --- validation ---------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self.metrics.reset()
+        self._same_buffers_on_all_ranks()
+
+    def _same_buffers_on_all_ranks(self) -> None:
+        """Rank 0's buffers (BatchNorm running statistics, which each DDP rank updates from its own batches) on
+        every rank, so that all ranks validate the model rank 0 saves in its checkpoints."""
+        if self._trainer is None or self.trainer.world_size <= 1:
+            return
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            for buffer in self.extractor.buffers():
+                dist.broadcast(buffer, src=0)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         embeddings = self(batch[schema.INPUT_KEY]).float()

@@ -3,7 +3,8 @@
 The source is split into contiguous runs of *whole batches*, one run per process; each process embeds its run
 with the same `Embedder` loop as one device, rank 0 gathers the runs in rank order (which is source order) and
 writes the one result. Every batch holds the same items as on one device, so on a CPU the store is bit-equal
-to a one-device run (tests/pipelines/test_sharding.py). Processes are started by Lightning Fabric's launcher
+to a one-device run with the same threads per process (tests/pipelines/test_sharding.py; with other thread
+counts float sums may round differently, 6e-8 measured). Processes are started by Lightning Fabric's launcher
 (children re-run the script, as in training) or by an external launcher (torchrun, srun).
 """
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from lookalike.index import SearchIndex
 from lookalike.pipelines import predict
@@ -42,13 +43,23 @@ def source(dataset, tmp_path_factory) -> Path:
     return folder / "source.csv"
 
 
+@pytest.fixture
+def one_thread():
+    """The reference runs with the threads of each of the 2 processes (Lightning gives each CPU process
+    cores / processes threads): float sums split over another number of threads may round differently."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    yield
+    torch.set_num_threads(threads)
+
+
 def _assert_same_store(one: Path, sharded: Path) -> None:
     a, b = EmbeddingsStore.load(one), EmbeddingsStore.load(sharded)
     assert np.array_equal(a.embeddings, b.embeddings)  # bit-equal: each process embeds the batches of one device
     pd.testing.assert_frame_equal(a.manifest, b.manifest)
 
 
-def test_predict_on_two_processes_writes_the_one_process_store(trained, source, tmp_path):
+def test_predict_on_two_processes_writes_the_one_process_store(trained, source, tmp_path, one_thread):
     common = [f"predict_source={source}", "accelerator=cpu", f"output_dir={tmp_path}", "bs_val=7",
               "progress_bar=false"]
     one = predict(trained["run_dir"], common + ["run_name=one"])
@@ -73,7 +84,8 @@ print("INDEXED " + str(index(sys.argv[2], sys.argv[3:])), flush=True)
 """
 
 
-def test_index_on_two_externally_launched_processes_equals_one_process(trained, source, tmp_path):
+def test_index_on_two_externally_launched_processes_equals_one_process(trained, source, tmp_path,
+                                                                           one_thread):
     """Launched like torchrun does (RANK, WORLD_SIZE, ... in the environment), rank 1 returns rank 0's folder."""
     common = [f"source={source}", "accelerator=cpu", "bs_val=7", "progress_bar=false"]
     with pytest.warns(UserWarning, match="could not be read"):
