@@ -59,8 +59,9 @@ def test_two_nodes_on_loopback_train_and_validate_like_one_process(dataset, tmp_
     # process's; after the trained epoch BatchNorm's running statistics differ by design (one process updates
     # them with each half of the global batch in turn), so it equals one process validating the saved model
     assert history_nodes["1"]["val"] == pytest.approx(history_one["1"]["val"], abs=1e-6)
-    again = validate(nodes, ["accelerator=cpu", f"output_dir={tmp_path}", "run_name=again",
-                             f"checkpoint={nodes / 'checkpoints' / 'last.ckpt'}", "progress_bar=false"])
+    again = validate(nodes, ["accelerator=cpu", "num_nodes=1", "strategy=auto", f"output_dir={tmp_path}",
+                             "run_name=again", f"checkpoint={nodes / 'checkpoints' / 'last.ckpt'}",
+                             "progress_bar=false"])
     assert history_nodes["2"]["val"] == pytest.approx(again["metrics_flat"], abs=1e-6)
 
 
