@@ -14,7 +14,6 @@ table of a few steps. Variants (comma-separated; a variant is a set of these wor
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F

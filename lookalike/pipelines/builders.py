@@ -147,8 +147,6 @@ def build_optimizer(cfg: Mapping, params):
 def _fusable(name: str, params: list) -> bool:
     """Whether the registered optimizer ``name`` is a torch optimizer taking ``fused`` and every parameter is a
     floating-point tensor on a CPU or CUDA device (where torch has fused kernels)."""
-    import torch
-
     try:
         fn, _ = REGISTRIES["optimizer"].resolve(name, "optimizer.name")
     except Exception:  # noqa: BLE001 - the builder reports a bad name with its own message

@@ -107,7 +107,7 @@ def start_processes(cfg: Mapping) -> Processes:
 
     quiet_lightning()
     already = dist.is_available() and dist.is_initialized()
-    fabric = Fabric(accelerator=cfg["accelerator"], devices=cfg["devices"], num_nodes=cfg["num_nodes"],
+    fabric = Fabric(accelerator=cfg["accelerator"], devices=cfg["devices"], num_nodes=cfg.get("num_nodes", 1),
                     strategy=cfg["strategy"])
     fabric.launch()
     return Processes(fabric.global_rank, fabric.world_size, fabric.device, fabric, owns_group=not already)

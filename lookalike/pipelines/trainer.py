@@ -33,7 +33,7 @@ def trainer_kwargs(cfg: Mapping) -> dict[str, Any]:
     return {
         "accelerator": cfg["accelerator"],
         "devices": cfg["devices"],
-        "num_nodes": cfg["num_nodes"],
+        "num_nodes": cfg.get("num_nodes", 1),
         "strategy": cfg["strategy"],
         "precision": precision,
         "enable_progress_bar": cfg["progress_bar"],

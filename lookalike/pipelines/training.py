@@ -159,7 +159,7 @@ def _prepare_run_folder(cfg: Mapping, run_dir: Path | None, data) -> _Run:
     )
 
     if run_dir is None:
-        if cfg["num_nodes"] > 1 and not cfg.get("run_name"):
+        if cfg.get("num_nodes", 1) > 1 and not cfg.get("run_name"):
             raise ConfigError("run_name: a run on several nodes needs a run_name, so that every node finds the same "
                               "run folder (on storage all nodes share); set run_name=<name>.")
         run_dir = new_run_dir(cfg)
