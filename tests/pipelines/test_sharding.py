@@ -66,7 +66,7 @@ def test_predict_on_two_processes_writes_the_one_process_store(trained, source, 
     # the command users run: Lightning's launcher starts the second process (it re-runs the command)
     proc = subprocess.run([sys.executable, "-m", "lookalike", "predict", str(trained["run_dir"]), *common,
                            "run_name=two", "devices=2", "strategy=ddp"],
-                          capture_output=True, text=True, timeout=240, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+                          capture_output=True, text=True, timeout=240, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
     assert proc.returncode == 0, proc.stderr[-3000:]
     two = tmp_path / "two"
     _assert_same_store(one, two)
