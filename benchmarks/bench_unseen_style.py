@@ -1,11 +1,13 @@
-"""Does the `small_images` recipe generalise to a drawing style it never saw? Leave-one-style-out on emoji-open.
+"""Does a shipped recipe (default `small_images_pretrained`) generalise to a drawing style it never saw?
+Leave-one-style-out on emoji-open.
 
 Trains the recipe on emoji-open's training split *without* one style (default: fluent), then retrieves, for
 the validation labels, each image of the held-out style (queries) among the images of the other styles
 (gallery). The same protocol on a model trained with every style (`--seen-run`, e.g. the run folder of
 bench_time_to_accuracy.py) tells how much of the accuracy is owed to having seen the style.
 
-    .venv/bin/python benchmarks/bench_unseen_style.py [--style fluent] [--minutes 10] [--seen-run RUN] [--record]
+    .venv/bin/python benchmarks/bench_unseen_style.py [--config small_images_pretrained] [--style fluent] \
+        [--minutes 10] [--seen-run RUN] [--record]
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def cmc(metrics_json: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--config", default="small_images_pretrained", help="a shipped config name or a YAML file")
     parser.add_argument("--style", default="fluent")
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seen-run", type=Path, help="a run trained on every style, scored with the same protocol")
@@ -69,7 +72,7 @@ def main() -> None:
         csv = holdout_csv(data, args.style, tmp)
         common = [f"dataset_root={tmp}", f"csv={csv.name}", f"output_dir={tmp}", "log_images=false"]
         start = time.perf_counter()
-        lookalike("train", "small_images", *common, f"max_minutes={args.minutes}", "run_name=unseen",
+        lookalike("train", args.config, *common, f"max_minutes={args.minutes}", "run_name=unseen",
                   "logger=null", "valid_period=100")
         wall = time.perf_counter() - start
         unseen = cmc(tmp / "unseen" / "metrics.json")
@@ -92,10 +95,12 @@ def main() -> None:
         from results_md import write_section
 
         command = " ".join(["benchmarks/bench_unseen_style.py", *sys.argv[1:]])
-        text = (f"{SECTION}\n\nCommand: `.venv/bin/python {command}`; {time.strftime('%Y-%m-%d')}, "
-                f"{os.cpu_count()} CPUs. The `small_images` recipe; validation labels only (never trained on); "
+        section = SECTION if args.config == "small_images" else f"{SECTION}: `{args.config}`"
+        text = (f"{section}\n\nCommand: `.venv/bin/python {command}`; {time.strftime('%Y-%m-%d')}, "
+                f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f} at the end. The `{args.config}` recipe; "
+                "validation labels only (never trained on); "
                 f"queries: the held-out style, gallery: the other styles.\n\n" + "\n".join(lines) + "\n")
-        write_section(SECTION, text)
+        write_section(section, text)
 
 
 if __name__ == "__main__":

@@ -31,11 +31,11 @@ def _run_check_data(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
-    parser = argparse.ArgumentParser(prog="lookalike", description="Metric learning for images.")
+    parser = argparse.ArgumentParser(prog="lookalike", description="Metric learning for images and texts.")
     parser.add_argument("--version", action="version", version=f"lookalike {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    check = subparsers.add_parser("check-data", help="validate a dataset CSV and its images")
+    check = subparsers.add_parser("check-data", help="validate a dataset CSV and its images (or texts)")
     check.add_argument("dataset_root", help="folder holding the CSV (paths in it are relative to this folder)")
     check.add_argument("--csv", default="df.csv", help="CSV file name inside the dataset root (default: df.csv)")
     check.add_argument("--images", choices=("none", "exists", "quick", "decode"), default="quick",

@@ -26,8 +26,11 @@ from lookalike.data.datasets import row_bboxes
 from lookalike.data.images import read_image_array, to_rgb_array
 from lookalike.errors import ConfigError, DatasetError
 
-__all__ = ["Embedder", "Embedded", "ImageSource", "image_source", "resolve_device", "autocast_for",
-           "IMAGE_EXTENSIONS"]
+__all__ = ["Embedder", "Embedded", "ImageSource", "image_source", "TextSource", "text_source", "resolve_device",
+           "autocast_for", "runnable_precision", "IMAGE_EXTENSIONS", "MAX_TEXT_CHARS"]
+
+#: longest text embedded (characters); the tokenizer truncates to the model's max_length tokens anyway
+MAX_TEXT_CHARS = 10_000
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
@@ -80,6 +83,55 @@ def _from_table(table: pd.DataFrame, base: Path, origin: str) -> ImageSource:
 
 
 @dataclass
+class TextSource:
+    """Texts to embed: ``table`` (column ``text`` plus any other columns), ``ids`` (the table's own ``id``
+    column, else the row number as a string) and ``origin`` (for messages)."""
+
+    table: pd.DataFrame
+    ids: list[str]
+    origin: str
+
+
+def text_source(source: str | os.PathLike | pd.DataFrame | Sequence[str]) -> TextSource:
+    """A ``TextSource`` from a CSV with a ``text`` column, a table, or a list of strings."""
+    if isinstance(source, pd.DataFrame):
+        table, origin = source.copy(), "a table"
+    elif isinstance(source, (list, tuple)):
+        table, origin = pd.DataFrame({schema.TEXT: [str(t) for t in source]}), "a list of texts"
+    else:
+        path = Path(source).expanduser()
+        if path.is_dir():
+            raise ConfigError(f"{str(path)!r} is a folder; texts come from a CSV file with a {schema.TEXT!r} column.")
+        if not path.is_file():
+            raise ConfigError(f"{str(path)!r} is not a CSV file (texts come from a CSV with a {schema.TEXT!r} "
+                              "column).")
+        try:
+            table = pd.read_csv(path, dtype={"id": str, schema.TEXT: str}, keep_default_na=False,
+                                na_values={schema.TEXT: []})
+        except Exception as exc:
+            raise DatasetError(f"{path} is not a readable CSV ({exc}).") from None
+        origin = str(path)
+    if schema.TEXT not in table.columns:
+        raise DatasetError(f"{origin} has no {schema.TEXT!r} column; columns are "
+                           f"{', '.join(map(str, table.columns))}. The model takes texts: add a column of texts.")
+    table = table.reset_index(drop=True)
+    table[schema.TEXT] = table[schema.TEXT].fillna("").astype(str)
+    ids = table["id"].astype(str).tolist() if "id" in table.columns else [str(i) for i in range(len(table))]
+    return TextSource(table, ids, origin)
+
+
+def text_problem(text: Any) -> str | None:
+    """Why ``text`` cannot be embedded (not a string, blank, too long), or None."""
+    if not isinstance(text, str):
+        return f"not a text ({type(text).__name__})"
+    if not text.strip():
+        return "empty text"
+    if len(text) > MAX_TEXT_CHARS:
+        return f"text of {len(text):,} characters, over the limit of {MAX_TEXT_CHARS:,}"
+    return None
+
+
+@dataclass
 class Embedded:
     """What an embedding run produced: ``embeddings`` (float32, one row per readable item), ``rows`` (the
     source row of each embedding) and ``failed`` (``(row, message)`` of every item that could not be read)."""
@@ -112,6 +164,14 @@ def _cpu_has_bf16() -> bool:
     from lookalike.retrieval.bounds import native_bf16_matmul
 
     return native_bf16_matmul()
+
+
+def runnable_precision(device: torch.device, precision: Any) -> Any:
+    """``precision``, or ``"32"`` for a bf16 precision on a CPU without bf16 units (AMX / AVX512-BF16): there
+    bf16 is emulated, 5-20x slower than fp32 for a ResNet-18 or EfficientNet-Lite step (docs/recipes.md)."""
+    if device.type == "cpu" and precision in _BF16 and not _cpu_has_bf16():
+        return "32"
+    return precision
 
 
 def autocast_for(device: torch.device, precision: Any) -> contextlib.AbstractContextManager:
@@ -173,13 +233,22 @@ class Embedder:
         self.layout = torch.channels_last if channels_last else torch.contiguous_format
         is_module = isinstance(model, torch.nn.Module)
         self.device = resolve_device(device) if is_module else torch.device("cpu")
-        if self.device.type == "cpu" and precision in _BF16 and not _cpu_has_bf16():
-            # emulated bf16 is slower than fp32 and less exact: inference has no other reason to use it
-            self.precision = "32"
+        self.precision = runnable_precision(self.device, precision)
         if is_module:
             model.to(self.device).eval()
             if channels_last:
                 model.to(memory_format=self.layout)
+
+    @property
+    def modality(self) -> str:
+        """"text" when the model takes texts (``model.modality``), else "image"."""
+        return "text" if getattr(self.model, "modality", "image") == "text" else "image"
+
+    def _require(self, modality: str) -> None:
+        if self.modality != modality:
+            raise DatasetError(f"this model takes {self.modality}s, not {modality}s: "
+                               + ("search it with texts (a CSV with a 'text' column, or strings)."
+                                  if self.modality == "text" else "search it with images."))
 
     @property
     def dim(self) -> int | None:
@@ -187,16 +256,38 @@ class Embedder:
         value = getattr(self.model, "feat_dim", None)
         return int(value) if value is not None else None
 
-    def embed_batch(self, batch: torch.Tensor) -> np.ndarray:
-        """A transformed image batch (B, C, H, W) -> float32 embeddings (B, dim)."""
+    def embed_batch(self, batch: torch.Tensor | dict) -> np.ndarray:
+        """A transformed image batch (B, C, H, W), or a text batch dict (input_ids, attention_mask) -> float32
+        embeddings (B, dim)."""
+        if isinstance(batch, dict):
+            batch = {key: value.to(self.device) for key, value in batch.items()}
+        else:
+            batch = batch.to(self.device).contiguous(memory_format=self.layout)
         with torch.inference_mode(), autocast_for(self.device, self.precision):
-            out = self.model(batch.to(self.device).contiguous(memory_format=self.layout))
+            out = self.model(batch)
         if isinstance(out, torch.Tensor):
             out = out.float().cpu().numpy()
         return np.asarray(out, dtype=np.float32)
 
+    def embed_texts(self, texts: Iterable[str]) -> np.ndarray:
+        """Texts -> float32 embeddings, in order (tokenised by the model's ``encode``, padded per batch). An
+        empty, blank or too long text raises `DatasetError` naming it."""
+        self._require("text")
+        texts = list(texts)
+        for i, text in enumerate(texts):
+            problem = text_problem(text)
+            if problem is not None:
+                raise DatasetError(f"text {i}: {problem}; give a non-empty text of at most {MAX_TEXT_CHARS:,} "
+                                   "characters.")
+        if not texts:
+            return np.zeros((0, self.dim or 0), np.float32)
+        chunks = [self.embed_batch(self.model.encode(texts[i:i + self.batch_size]))
+                  for i in range(0, len(texts), self.batch_size)]
+        return np.concatenate(chunks)
+
     def embed_images(self, images: Iterable[Image.Image | np.ndarray]) -> np.ndarray:
         """Images in memory (PIL images in any mode, or uint8 HxWx3 arrays) -> float32 embeddings, in order."""
+        self._require("image")
         inputs = [_prepare(to_rgb_array(im) if isinstance(im, Image.Image) else im, self.transform)
                   for im in images]
         if not inputs:
@@ -205,9 +296,14 @@ class Embedder:
                   for i in range(0, len(inputs), self.batch_size)]
         return np.concatenate(chunks)
 
-    def embed_source(self, source: ImageSource | str | os.PathLike | pd.DataFrame | Sequence[str],
+    def embed_source(self, source: ImageSource | TextSource | str | os.PathLike | pd.DataFrame | Sequence[str],
                      progress: bool = False) -> Embedded:
-        """Every image of ``source`` (see ``image_source``); unreadable ones land in ``failed``."""
+        """Every image of ``source`` (see ``image_source``), or every text for a text model (see
+        ``text_source``); unreadable images and empty or too long texts land in ``failed``."""
+        if self.modality == "text":
+            return self._embed_text_source(source if isinstance(source, TextSource) else text_source(source))
+        if isinstance(source, TextSource):
+            self._require("text")
         if not isinstance(source, ImageSource):
             source = image_source(source)
         items = _SafeItems(source.table[schema.PATH].tolist(), row_bboxes(source.table), self.transform)
@@ -228,3 +324,11 @@ class Embedder:
         dim = chunks[0].shape[1] if chunks else (self.dim or 0)
         embeddings = np.concatenate(chunks) if chunks else np.zeros((0, dim), np.float32)
         return Embedded(embeddings, np.asarray(rows, dtype=np.int64), failed)
+
+    def _embed_text_source(self, source: TextSource) -> Embedded:
+        texts = source.table[schema.TEXT].tolist()
+        problems = [text_problem(t) for t in texts]
+        failed = [(i, p) for i, p in enumerate(problems) if p is not None]
+        rows = np.asarray([i for i, p in enumerate(problems) if p is None], dtype=np.int64)
+        embeddings = self.embed_texts([texts[i] for i in rows.tolist()])
+        return Embedded(embeddings, rows, failed)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from lookalike.data.datasets import ImageDataset, train_and_validation_datasets
     from lookalike.data.images import DecodedImageCache, read_image
     from lookalike.data.samplers import BalanceSampler, CategoryBalanceSampler, DistinctCategoryBalanceSampler
+    from lookalike.data.texts import PadCollate, TextDataset
     from lookalike.data.transforms import IMAGENET_MEAN, IMAGENET_STD, denormalize, get_transforms
     from lookalike.data.validation import DatasetSummary, check_dataset, format_summary, load_dataset_table
 
@@ -28,6 +29,8 @@ _WHERE = {
     "DecodedImageCache": "images",
     "read_image": "images",
     "ImageDataset": "datasets",
+    "TextDataset": "texts",
+    "PadCollate": "texts",
     "train_and_validation_datasets": "datasets",
     "IMAGENET_MEAN": "transforms",
     "IMAGENET_STD": "transforms",
@@ -35,7 +38,7 @@ _WHERE = {
     "get_transforms": "transforms",
 }
 
-__all__ = sorted([*_WHERE, "example_dataset_root"])
+__all__ = sorted([*_WHERE, "example_dataset_root", "example_texts_root"])
 
 
 def __getattr__(name: str) -> Any:
@@ -54,3 +57,8 @@ def __dir__() -> list[str]:
 def example_dataset_root() -> Path:
     """The built-in example dataset (200 emoji labels, 64x64 PNGs, df.csv) shipped inside the package."""
     return Path(__file__).resolve().parent.parent / "assets" / "emoji_mini"
+
+
+def example_texts_root() -> Path:
+    """The built-in text dataset (emoji names, aliases and names in 7 more languages; df.csv) in the package."""
+    return Path(__file__).resolve().parent.parent / "assets" / "emoji_texts"

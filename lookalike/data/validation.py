@@ -42,6 +42,7 @@ class DatasetSummary:
     n_categories: int | None
     warnings: list[str] = field(default_factory=list)
     images: ImageCheckReport | None = None  # what the image check did (level, files, cache hits, largest)
+    n_texts: int | None = None  # a text dataset: how many texts were checked
 
 
 def _lines(mask: np.ndarray | pd.Series) -> str:
@@ -109,7 +110,8 @@ def _field_count_problem(csv_path: Path) -> str | None:
             f"but the header has {len(header)}")
 
 
-def _read_csv(root: Path, csv: str | os.PathLike) -> tuple[Path, pd.DataFrame]:
+def _read_csv(root: Path, csv: str | os.PathLike, modality: str = "image") -> tuple[Path, pd.DataFrame, str]:
+    """(CSV path, table of strings, modality resolved to "image" or "text")."""
     if root.is_file():
         raise DatasetError(f"dataset root {root} is a file, but a folder is expected: pass the folder that holds "
                            f"the CSV and the images (here probably {root.parent}), and the CSV's name with --csv")
@@ -130,22 +132,49 @@ def _read_csv(root: Path, csv: str | os.PathLike) -> tuple[Path, pd.DataFrame]:
         raise DatasetError(f"{csv_path} is empty; it needs a header line and one row per image") from None
     except UnicodeDecodeError as error:
         raise DatasetError(f"{csv_path} cannot be parsed as CSV: it is not UTF-8 text ({error.reason} at byte "
-                           f"{error.start}); save it as UTF-8") from None
+                           f"{error.start}, {_line_of_byte(csv_path, error.start)}); save it as UTF-8") from None
     except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError) as error:
         detail = _field_count_problem(csv_path) or str(error).strip().splitlines()[0]
         raise DatasetError(f"{csv_path} cannot be parsed as CSV ({detail}); check quoting and that every "
                            "line has as many commas as the header") from None
     table.columns = [str(c).strip() for c in table.columns]
-    missing = [c for c in schema.REQUIRED_COLUMNS if c not in table.columns]
+    modality = _resolve_modality(csv_path, table, modality)
+    required = [c if c != schema.PATH else (schema.PATH if modality == "image" else schema.TEXT)
+                for c in schema.REQUIRED_COLUMNS]
+    missing = [c for c in required if c not in table.columns]
     if missing:
+        content = ("path: image path" if modality == "image" else "text: the item's text")
         raise DatasetError(
             f"{csv_path} lacks the required column(s) {', '.join(missing)}; found columns "
-            f"{', '.join(table.columns)}. Required: {', '.join(schema.REQUIRED_COLUMNS)} "
-            "(label: int, path: image path, split: train|validation, is_query/is_gallery: true|false)."
+            f"{', '.join(table.columns)}. Required: {', '.join(required)} "
+            f"(label: int, {content}, split: train|validation, is_query/is_gallery: true|false)."
         )
     if len(table) == 0:
         raise DatasetError(f"{csv_path} has a header but no rows")
-    return csv_path, table
+    return csv_path, table, modality
+
+
+def _resolve_modality(csv_path: Path, table: pd.DataFrame, modality: str) -> str:
+    """"image" or "text": as asked, or for "auto" text when the table has a text column and no path column."""
+    if modality not in schema.MODALITIES:
+        raise DatasetError(unknown_choice("modality", modality, schema.MODALITIES))
+    if modality != "auto":
+        return modality
+    if schema.PATH not in table.columns and schema.TEXT not in table.columns:
+        raise DatasetError(f"{csv_path} has neither a 'path' column (images) nor a 'text' column (texts); found "
+                           f"columns {', '.join(table.columns)}. Name the column that holds the items 'path' "
+                           "(image paths) or 'text' (the texts themselves).")
+    return "text" if schema.PATH not in table.columns else "image"
+
+
+def _line_of_byte(path: Path, offset: int) -> str:
+    """'CSV line N' of a byte offset (for a decoding error)."""
+    try:
+        with open(path, "rb") as file:
+            line = file.read(offset).count(b"\n") + 1
+    except OSError:
+        return "line unknown"
+    return f"CSV line {line}"
 
 
 def _exact_integer(text: str) -> int | None:
@@ -301,6 +330,24 @@ def _check_bboxes(table: pd.DataFrame, problems: _Problems) -> np.ndarray | None
     return box
 
 
+def _check_texts(table: pd.DataFrame, problems: _Problems) -> np.ndarray:
+    """The texts as an object array of str; empty cells, blank texts and control characters are problems."""
+    raw = table[schema.TEXT]
+    empty = raw.isna().to_numpy()
+    text = raw.fillna("").astype(str)
+    blank = ~empty & (text.str.strip() == "").to_numpy()
+    if empty.any() or blank.any():
+        parts = [f"{int(empty.sum())} empty cell(s) at {_lines(empty)}"] if empty.any() else []
+        parts += [f"{int(blank.sum())} text(s) of only spaces at {_lines(blank)}"] if blank.any() else []
+        problems.add(f"column 'text': {'; '.join(parts)}; every row needs its text (or drop those rows).")
+    control = text.str.contains(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", regex=True).to_numpy()
+    if control.any():
+        problems.add(f"column 'text': {int(control.sum())} text(s) hold control characters (e.g. NUL) at "
+                     f"{_lines(control)}; remove them: a text may hold letters, digits, punctuation, spaces, "
+                     "tabs and line breaks.")
+    return text.to_numpy(dtype=object)
+
+
 def _resolve_paths(table: pd.DataFrame, root: Path, problems: _Problems) -> np.ndarray:
     raw = table[schema.PATH]
     empty = raw.isna()
@@ -395,25 +442,29 @@ def _queries_without_gallery(table: pd.DataFrame, labels: np.ndarray, is_query: 
 
 
 def _validate(root: str | os.PathLike, csv: str | os.PathLike, check_images: str, queries_without_gallery: str,
-              max_pixels: MaxPixels, check_cache: str | os.PathLike | bool,
-              ) -> tuple[pd.DataFrame, list[str], Path, ImageCheckReport]:
+              max_pixels: MaxPixels, check_cache: str | os.PathLike | bool, modality: str = "image",
+              ) -> tuple[pd.DataFrame, list[str], Path, ImageCheckReport | None]:
     if check_images not in CHECK_IMAGES:
         raise DatasetError(unknown_choice("check_images mode", check_images, CHECK_IMAGES))
     if queries_without_gallery not in QUERIES_WITHOUT_GALLERY:
         raise DatasetError(unknown_choice("queries_without_gallery mode", queries_without_gallery,
                                           QUERIES_WITHOUT_GALLERY))
     root = Path(root).expanduser().absolute()
-    csv_path, table = _read_csv(root, csv)
+    csv_path, table, modality = _read_csv(root, csv, modality)
     problems = _Problems(csv_path)
     labels, bad_labels = _check_labels(table, problems)
     split = _check_split(table, problems)
     is_query, is_gallery = _check_query_gallery(table, split, problems)
     flags_ok = not problems.items  # the query/gallery check needs sound labels, splits and flags
     _check_categories(table, labels, bad_labels, problems)
-    bbox = _check_bboxes(table, problems)
-    paths = _resolve_paths(table, root, problems)
-    report = _check_images(paths, bbox, check_images, problems, max_pixels=max_pixels, cache=check_cache,
-                           cache_key=str(csv_path))
+    bbox = paths = texts = report = None
+    if modality == "image":
+        bbox = _check_bboxes(table, problems)
+        paths = _resolve_paths(table, root, problems)
+        report = _check_images(paths, bbox, check_images, problems, max_pixels=max_pixels, cache=check_cache,
+                               cache_key=str(csv_path))
+    else:
+        texts = _check_texts(table, problems)
 
     notes: list[str] = []
     if flags_ok:
@@ -435,7 +486,10 @@ def _validate(root: str | os.PathLike, csv: str | os.PathLike, check_images: str
 
     out = table.copy()
     out[schema.LABEL] = labels
-    out[schema.PATH] = paths.astype(str)
+    if paths is not None:
+        out[schema.PATH] = paths.astype(str)
+    if texts is not None:
+        out[schema.TEXT] = texts
     out[schema.SPLIT] = split
     out[schema.IS_QUERY] = is_query
     out[schema.IS_GALLERY] = is_gallery
@@ -451,7 +505,7 @@ def _validate(root: str | os.PathLike, csv: str | os.PathLike, check_images: str
 def load_dataset_table(root: str | os.PathLike, csv: str | os.PathLike = "df.csv", *,
                        check_images: str = "exists", queries_without_gallery: str = "error",
                        max_pixels: MaxPixels = "default", check_cache: str | os.PathLike | bool = True,
-                       ) -> pd.DataFrame:
+                       modality: str = "image") -> pd.DataFrame:
     """The validated dataset table of `root/csv` with normalised types and absolute paths.
 
     Raises `DatasetError` listing every problem found. `check_images`: "exists" (files exist), "quick"
@@ -459,9 +513,11 @@ def load_dataset_table(root: str | os.PathLike, csv: str | os.PathLike = "df.csv
     image fully decodes) or "none"; see `lookalike.data.image_check`. `max_pixels`: the pixel limit ("quick"
     and "decode"; "default" = $LOOKALIKE_MAX_PIXELS or 50 MP; None = no limit). `check_cache`: True (default
     folder), False, or a folder for the "quick" results. `queries_without_gallery`: "error", or "drop" them
-    as queries with a warning.
+    as queries with a warning. `modality`: "image" (column `path`, images checked), "text" (column `text`:
+    empty, blank and control-character texts are problems) or "auto" (text when there is no `path` column).
     """
-    table, notes, _, _ = _validate(root, csv, check_images, queries_without_gallery, max_pixels, check_cache)
+    table, notes, _, _ = _validate(root, csv, check_images, queries_without_gallery, max_pixels, check_cache,
+                                   modality)
     for note in notes:
         warnings.warn(note, stacklevel=2)
     return table
@@ -469,10 +525,11 @@ def load_dataset_table(root: str | os.PathLike, csv: str | os.PathLike = "df.csv
 
 def check_dataset(root: str | os.PathLike, csv: str | os.PathLike = "df.csv", *, check_images: str = "exists",
                   queries_without_gallery: str = "error", max_pixels: MaxPixels = "default",
-                  check_cache: str | os.PathLike | bool = True) -> DatasetSummary:
-    """Validate a dataset (see `load_dataset_table`) and summarise it."""
+                  check_cache: str | os.PathLike | bool = True, modality: str = "auto") -> DatasetSummary:
+    """Validate a dataset (see `load_dataset_table`; `modality` "auto": texts when the CSV has a `text`
+    column and no `path` column) and summarise it."""
     table, notes, csv_path, report = _validate(root, csv, check_images, queries_without_gallery, max_pixels,
-                                               check_cache)
+                                               check_cache, modality)
     split = table[schema.SPLIT]
     return DatasetSummary(
         csv=str(csv_path),
@@ -485,6 +542,7 @@ def check_dataset(root: str | os.PathLike, csv: str | os.PathLike = "df.csv", *,
         n_categories=int(table[schema.CATEGORY].nunique()) if schema.CATEGORY in table.columns else None,
         warnings=notes,
         images=report,
+        n_texts=int(len(table)) if report is None else None,
     )
 
 
@@ -518,5 +576,7 @@ def format_summary(summary: DatasetSummary) -> str:
         lines.append(f"  categories: {summary.n_categories}")
     if summary.images is not None:
         lines.append(f"  images: {_image_line(summary.images)}")
+    if summary.n_texts is not None:
+        lines.append(f"  texts: {summary.n_texts} (none empty, blank or with control characters)")
     lines.extend(f"  warning: {w}" for w in summary.warnings)
     return "\n".join(lines)

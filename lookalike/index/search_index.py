@@ -151,10 +151,11 @@ class SearchIndex:
     @classmethod
     def build(cls, store: EmbeddingsStore, *, backend: str = "exact", backend_args: dict | None = None,
               distance: str = "cosine", model: dict | None = None, embedder: Any = None,
-              recall_k: int = 10, recall_sample: int = 1000) -> "SearchIndex":
+              recall_k: int = 10, recall_sample: int = 1000, holds_texts: bool = False) -> "SearchIndex":
         """An index over ``store`` (nothing written until `save`). Approximate backends (faiss_ivf, faiss_hnsw)
         measure their recall@``recall_k`` against exact search on ``recall_sample`` items, print it and keep
-        it in ``info['recall']``."""
+        it in ``info['recall']``. ``holds_texts``: the items are texts (manifest column ``text``), searched by
+        text."""
         distance = check_distance(distance)
         args = check_backend(backend, backend_args, len(store))
         searcher, base_t = cls._fit(store.embeddings, backend, args, distance)
@@ -167,7 +168,7 @@ class SearchIndex:
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         info = {"format": FORMAT, "generation": 0, "backend": backend, "backend_args": args, "distance": distance,
                 "count": len(store), "dim": store.dim, "model": dict(model or {}), "recall": recall,
-                "created": now, "saved": None, "holds_texts": False, "files": {}}
+                "created": now, "saved": None, "holds_texts": bool(holds_texts), "files": {}}
         state = cls._new_state(np.ascontiguousarray(store.embeddings, dtype=np.float32), base_t, store.manifest,
                                searcher)
         return cls(state, info, embedder=embedder)
@@ -252,7 +253,8 @@ class SearchIndex:
 
     @property
     def holds_texts(self) -> bool:
-        return False
+        """Whether the items are texts (searched by text) rather than images."""
+        return bool(self._info.get("holds_texts"))
 
     @property
     def info(self) -> dict:
@@ -318,7 +320,8 @@ class SearchIndex:
     # --- search -------------------------------------------------------------------------------------------
     def search(self, queries: Any, top_k: int = 5) -> list[list[Hit]]:
         """The ``top_k`` nearest items of each query, closest first. ``queries``: a float array (Q, dim) of
-        embeddings, or a list of PIL images (embedded with ``self.embedder``)."""
+        embeddings, a list of PIL images, or for an index of texts a list of strings (embedded with
+        ``self.embedder``)."""
         top_k = _check_k(top_k)
         state = self._state  # one snapshot for the whole search
         q = self._embed_queries(queries)
@@ -339,7 +342,18 @@ class SearchIndex:
         return hits[:top_k]
 
     def _embed_queries(self, queries: Any) -> torch.Tensor:
+        if _looks_like_texts(queries):
+            if self.embedder is None:
+                raise NoEmbedderError("this index has no embedder, so it cannot search by text: open it with "
+                                      "lookalike.pipelines.indexing.open_index(folder), or pass embeddings.")
+            if not self.holds_texts:
+                raise SearchIndexError("this index holds images: search it with images (or embeddings), not texts.")
+            texts = [queries] if isinstance(queries, str) else list(queries)
+            return _as_queries(self.embedder.embed_texts(texts), self.dim)
         if _looks_like_images(queries):
+            if self.holds_texts:
+                raise SearchIndexError("this index holds texts: search it with texts (strings) or embeddings, not "
+                                       "images.")
             if self.embedder is None:
                 raise NoEmbedderError("this index has no embedder, so it cannot search by image: open it with "
                                       "lookalike.pipelines.indexing.open_index(folder), or pass embeddings.")
@@ -553,6 +567,10 @@ class SearchIndex:
             self._journal = Journal(target / f"{_JOURNAL}{gen:06d}.log")
             self._pending = 0
         return target
+
+
+def _looks_like_texts(x: Any) -> bool:
+    return isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(t, str) for t in x))
 
 
 def _looks_like_images(x: Any) -> bool:

@@ -34,6 +34,34 @@ def _needed_k(labels: Tensor, is_gallery: Tensor, ks: Sequence[int], map_at_r: b
     return k
 
 
+def _join(parts: list[Tensor]) -> Tensor:
+    """The batches of one accumulated tensor as one tensor, without a second copy of the data.
+
+    One batch is returned as it is; batches that are consecutive views of one tensor (e.g. slices of a table)
+    become one view of it; other batches are copied into one tensor while the list releases each batch as soon as
+    it is copied (``parts`` then holds the joined tensor only, so a second `compute` reuses it)."""
+    if len(parts) == 1:
+        return parts[0]
+    first, size = parts[0], parts[0].element_size()
+    consecutive = all(
+        p.is_contiguous() and p.dtype == first.dtype and p.shape[1:] == first.shape[1:]
+        and p.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        and p.data_ptr() == prev.data_ptr() + prev.numel() * size for prev, p in zip(parts, parts[1:]))
+    total = sum(len(p) for p in parts)
+    shape = (total, *first.shape[1:])
+    if consecutive and first.is_contiguous():
+        return first.as_strided(shape, torch.empty(shape, device="meta").stride())
+    out = torch.empty((total, *first.shape[1:]), dtype=first.dtype)
+    start = 0
+    while parts:
+        part = parts.pop(0)
+        out[start : start + len(part)] = part
+        start += len(part)
+        del part
+    parts.append(out)
+    return out
+
+
 def _as_list(values: Any) -> list:
     if isinstance(values, Tensor):
         return values.detach().cpu().tolist()
@@ -133,7 +161,7 @@ class EmbeddingMetrics:
             tensors["embeddings"] = torch.empty(0, 0)
             tensors["is_query"], tensors["is_gallery"] = (torch.empty(0, dtype=torch.bool),) * 2
             return tensors, {}
-        tensors = {name: torch.cat(parts) for name, parts in self._tensors.items()}
+        tensors = {name: _join(parts) for name, parts in self._tensors.items()}
         return tensors, {name: values for name, values in self._objects.items() if values}
 
     @staticmethod
@@ -182,7 +210,8 @@ class EmbeddingMetrics:
         first = torch.ones_like(sorted_ids, dtype=torch.bool)
         first[1:] = sorted_ids[1:] != sorted_ids[:-1]
         keep = order[first]  # one row per dataset index, in index order
-        tensors = {name: value[keep] for name, value in tensors.items()}
+        if len(keep) != len(order) or not bool((keep == torch.arange(len(keep))).all()):
+            tensors = {name: value[keep] for name, value in tensors.items()}  # else: already so, no copy
         keep_np = keep.numpy()
         objects = {name: np.asarray(values, dtype=object)[keep_np] for name, values in objects.items()}
         paths = objects.get("paths")

@@ -39,7 +39,8 @@ _EXAMPLES = {
   lookalike index runs/x source=items.csv backend=faiss_ivf backend_args='{nlist: 256, nprobe: 32}'""",
     "search": """examples:
   lookalike search runs/x/index query.png                   # top 5 as a table
-  lookalike search runs/x/index queries/ top_k=10 format=csv > results.csv""",
+  lookalike search runs/x/index queries/ top_k=10 format=csv > results.csv
+  lookalike search runs/texts/index "grinning face" "cara de perro"   # an index of texts: query texts""",
     "dedup": """examples:
   lookalike dedup runs/x source=photos/ threshold=0.05      # a distance of your choosing
   lookalike dedup runs/x source=photos/ fmr=0.001           # the distance with FMR 0.1% on the validation split
@@ -215,9 +216,12 @@ def _run_registry(args: argparse.Namespace) -> int:
 
 
 def _run_zoo(args: argparse.Namespace) -> int:
+    from lookalike.models.texts import text_models_listing
     from lookalike.models.zoo import zoo_listing
 
     print(zoo_listing())
+    print()
+    print(text_models_listing())  # text encoders: model folders from pip packages, not weight files
     return 0
 
 
@@ -256,11 +260,12 @@ def add_subcommands(subparsers) -> None:
                         "[backend=exact|faiss_flat|faiss_ivf|faiss_hnsw] [backend_args={...}] and config overrides")
     p.set_defaults(handler=_run_index)
 
-    p = subparsers.add_parser("search", help="the nearest indexed items of query images",
+    p = subparsers.add_parser("search", help="the nearest indexed items of query images (or texts)",
                               epilog=_EXAMPLES["search"], formatter_class=fmt)
     p.add_argument("index_dir", help="an index folder written by `lookalike index`")
-    p.add_argument("items", nargs="*", metavar="IMAGE_OR_FOLDER|KEY=VALUE",
-                   help="query images or folders, then [top_k=5] [format=table|json|csv] [device=cpu]")
+    p.add_argument("items", nargs="*", metavar="QUERY|KEY=VALUE",
+                   help="query images or folders (an index of texts: query texts, or CSV files with a text "
+                        "column), then [top_k=5] [format=table|json|csv] [device=cpu]")
     p.set_defaults(handler=_run_search)
 
     p = subparsers.add_parser("dedup", help="groups of near-duplicate images (duplicates.csv and a picture)",

@@ -86,7 +86,8 @@ SCHEMA: dict[str, Key] = {
     for k in [
         # data
         _k("dataset_root", (STR, NULL), None,
-           "dataset folder (relative: to the YAML file naming it); null = the built-in example data (emoji)",
+           "dataset folder (relative: to the YAML file naming it); null = the built-in example data (emoji pictures; "
+           "emoji texts for a text extractor)",
            section="data"),
         _k("csv", (STR,), "df.csv", "dataset CSV, relative to dataset_root or absolute", section="data"),
         _k("check_images", (STR,), "quick", "image check when loading the CSV: quick = header, pixel limit and a "
@@ -100,15 +101,15 @@ SCHEMA: dict[str, Key] = {
         _k("bs_train", (INT,), 64, "training batch size when sampler is null", minimum=1, section="data"),
         _k("bs_val", (INT,), 128, "validation / prediction batch size", minimum=1, section="data"),
         _k("predict_source", (STR, NULL), None,
-           "predict: a CSV (column `path`) or a folder of images (relative: to the YAML file naming it); null = every "
-           "row of dataset_root/csv",
+           "predict: a CSV (column `path`; `text` for a text extractor) or a folder of images (relative: to the YAML "
+           "file naming it); null = every row of dataset_root/csv",
            section="data"),
         # components
-        _k("transforms_train", (COMPONENT,), {"name": "train", "args": {}}, "training transforms",
+        _k("transforms_train", (COMPONENT,), {"name": "train", "args": {}}, "training transforms (images only)",
            registry="transforms_train", section="components"),
         _k("transforms_val", (COMPONENT,), {"name": "val", "args": {}}, "validation / prediction transforms",
            registry="transforms_val", section="components"),
-        _k("extractor", (COMPONENT,), REQUIRED, "the model: images -> embeddings", registry="extractor",
+        _k("extractor", (COMPONENT,), REQUIRED, "the model: images (or texts) -> embeddings", registry="extractor",
            section="components"),
         _k("sampler", (COMPONENT, NULL), None, "batch sampler; null = shuffled batches of bs_train",
            registry="sampler", section="components"),
@@ -133,6 +134,9 @@ SCHEMA: dict[str, Key] = {
         _k("freeze_backbone_epochs", (INT,), 0,
            "epochs during which the extractor's `backbone` (or the whole extractor) is frozen", minimum=0,
            section="training"),
+        _k("backbone_lr", (NUM, NULL), None,
+           "learning rate of the extractor's `backbone` (a pretrained start wants it below the new head's); "
+           "null = the optimizer's lr for every parameter", section="training"),
         _k("gradient_clip_val", (NUM, NULL), None, "clip gradient norm to this value", section="training"),
         _k("accumulate_grad_batches", (INT,), 1,
            "optimizer step every this many batches (gradients summed over them, averaged like DDP ranks)",

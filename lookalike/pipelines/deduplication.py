@@ -77,12 +77,17 @@ def dedup(target: str | Path, overrides: Iterable[str] = ()) -> Path:
             raise ConfigError(f"index {index_dir} has no model in its index.json: it can only group its own items "
                               "with threshold=D.")
         cfg = load_config(saved, overrides, pipeline="predict")[0] if saved is not None else None
+        if info.get("holds_texts"):
+            raise ConfigError(f"dedup works on images only, and the index {index_dir} holds texts.")
         out = Path(str(own["out"])).expanduser() if own.get("out") else index_dir / "dedup"
         distance = info["distance"]
         if own.get("source") is None:
             index = SearchIndex.load(index_dir)
     else:
         cfg, source = load_config(str(target), overrides, pipeline="predict")
+        from lookalike.pipelines.loading import refuse_texts
+
+        refuse_texts(cfg, "dedup")  # its pictures and FMR threshold read images
         default_checkpoint(cfg, source)
         if own.get("source") is None:
             raise ConfigError("dedup: source=<folder or CSV> is required with a run folder or config (or give an "

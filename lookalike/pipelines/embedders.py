@@ -39,11 +39,15 @@ def embedder_for(cfg: Mapping, device: str | None = None):
     from lookalike.inference import Embedder
     from lookalike.pipelines import builders
 
+    from lookalike.pipelines.loading import extractor_modality, refuse_texts
+
     if cfg.get("runtime", "torch") == "onnx":
+        refuse_texts(cfg, "runtime: onnx")
         from lookalike.export import onnx_embedder
 
         return onnx_embedder(Path(cfg["onnx_model"]), batch_size=cfg["bs_val"], num_workers=cfg["num_workers"])
-    return Embedder(builders.build_extractor(cfg), builders.build_transforms(cfg, "transforms_val"),
+    texts = extractor_modality(cfg) == "text"  # texts: the extractor tokenises, no image transforms
+    return Embedder(builders.build_extractor(cfg), None if texts else builders.build_transforms(cfg, "transforms_val"),
                     device=device or cfg["accelerator"], precision=cfg["precision"],
                     channels_last=cfg["channels_last"], batch_size=cfg["bs_val"], num_workers=cfg["num_workers"])
 

@@ -90,6 +90,9 @@ def export(config: Mapping | str | Path | None, overrides: Iterable[str] = ()) -
             except ValueError:
                 raise ConfigError(f"{key}={options[key]!r}: expected an integer.") from None
     cfg, source = load_config(config, overrides, pipeline="predict")
+    from lookalike.pipelines.loading import refuse_texts
+
+    refuse_texts(cfg, "export (ONNX with an image parity check)")
     if cfg["checkpoint"] is None and source.run_dir is not None:
         best = Path(source.run_dir) / "checkpoints" / "best.ckpt"
         if not best.is_file():

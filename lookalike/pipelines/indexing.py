@@ -53,7 +53,8 @@ def _check_unique_ids(images) -> None:
 
 
 def index(config: Mapping | str | Path | None = None, overrides: Iterable[str] = ()) -> Path:
-    """Embed ``source=`` (a CSV with a ``path`` column or a folder; default: the dataset CSV) with the config's
+    """Embed ``source=`` (a CSV with a ``path`` column or a folder; for a text extractor a CSV with a ``text``
+    column; default: the dataset CSV) with the config's
     extractor and ``checkpoint`` (a run folder: its best checkpoint) and save a search index into ``index_dir=``
     (default ``<run>/index``) with ``backend=`` (exact, faiss_flat, faiss_ivf, faiss_hnsw) and
     ``backend_args=``. Other overrides are config keys. ``devices: N`` embeds on N processes (see
@@ -117,11 +118,13 @@ def _save_index(cfg: dict, source, images, embedder, identity: dict, result, fol
     model = {**identity, "run": str(source.run_dir.resolve()) if source.run_dir is not None else None,
              "distance": _distance(cfg), "source": images.origin, "config": to_jsonable(cfg)}
     store = EmbeddingsStore(result.embeddings, manifest, {"distance": _distance(cfg), "source": images.origin})
+    texts = embedder.modality == "text"
     built = SearchIndex.build(store, backend=backend, backend_args=backend_args, distance=_distance(cfg),
-                              model=model, embedder=embedder)
+                              model=model, embedder=embedder, holds_texts=texts)
     built.save(folder)
     _report_failed(images, result.failed, folder)
-    print(f"indexed {len(built)} images of {images.origin} ({backend}, dimension {built.dim}) -> {folder}")
+    print(f"indexed {len(built)} {'texts' if texts else 'images'} of {images.origin} ({backend}, dimension "
+          f"{built.dim}) -> {folder}")
     return folder
 
 
@@ -143,11 +146,15 @@ def _report_failed(images, failed: list, folder: Path) -> None:
     if not failed:
         path.unlink(missing_ok=True)
         return
+    from lookalike.pipelines.prediction import content_column
+
+    content = content_column(images)
     table = pd.DataFrame({"id": [images.ids[r] for r, _ in failed],
-                          "path": [images.table["path"].iloc[r] for r, _ in failed], "error": [e for _, e in failed]})
+                          content: [images.table[content].iloc[r] for r, _ in failed], "error": [e for _, e in failed]})
     with atomic_path(path, suffix=".csv") as tmp:
         table.to_csv(tmp, index=False)
-    warnings.warn(f"{len(failed)} image(s) could not be read and are not in the index (listed in {path}): "
+    noun = "text(s)" if content == "text" else "image(s)"
+    warnings.warn(f"{len(failed)} {noun} could not be read and are not in the index (listed in {path}): "
                   + "; ".join(f"{images.ids[r]}: {e}" for r, e in failed[:3]), stacklevel=3)
 
 

@@ -63,6 +63,7 @@ class ExtractorModule(pl.LightningModule):
         scheduler_factory: Callable | None = None,
         freeze_backbone_epochs: int = 0,
         backbone: torch.nn.Module | None = None,
+        backbone_lr: float | None = None,
         main_metric: str = "OVERALL/cmc/1",
         channels_last: bool = False,
     ) -> None:
@@ -77,6 +78,7 @@ class ExtractorModule(pl.LightningModule):
         self.scheduler_factory = scheduler_factory
         self.freeze_backbone_epochs = int(freeze_backbone_epochs)
         self._backbone = [backbone if backbone is not None else extractor]
+        self.backbone_lr = backbone_lr
         self.main_metric = main_metric
         self.last_results: dict | None = None
         self.last_flat: dict[str, float] = {}
@@ -86,11 +88,12 @@ class ExtractorModule(pl.LightningModule):
     def metrics(self):
         return self._metrics[0]
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(self, images: Any) -> torch.Tensor:
+        """Extractor output of a batch input: an image tensor, or a text batch dict (input_ids, attention_mask)."""
         return self.extractor(self._layout(images))
 
-    def _layout(self, images: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and images.dim() == 4:
+    def _layout(self, images: Any) -> Any:
+        if self.channels_last and isinstance(images, torch.Tensor) and images.dim() == 4:
             return images.contiguous(memory_format=torch.channels_last)
         return images
 
@@ -99,6 +102,11 @@ class ExtractorModule(pl.LightningModule):
         params = [p for p in self.extractor.parameters()]
         if self.criterion is not None:
             params += [p for p in self.criterion.parameters()]
+        if self.backbone_lr is not None:  # two groups: the (pretrained) backbone at its own lr, the rest at the optimizer's
+            in_backbone = {id(p) for p in self._backbone[0].parameters()}
+            groups = [{"params": [p for p in params if id(p) in in_backbone], "lr": float(self.backbone_lr)},
+                      {"params": [p for p in params if id(p) not in in_backbone]}]
+            params = [group for group in groups if group["params"]]
         optimizer = self.optimizer_factory(params)
         scheduler = self.scheduler_factory(optimizer) if self.scheduler_factory else None
         if scheduler is None:
@@ -199,14 +207,15 @@ class MetricLearningData(pl.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
-    def _loader_kwargs(self) -> dict:
+    def _loader_kwargs(self, dataset: Any = None) -> dict:
+        """DataLoader arguments; a dataset with its own ``collate_fn`` (texts: padding per batch) brings it."""
         return {"num_workers": self.num_workers, "persistent_workers": False,
-                "pin_memory": torch.cuda.is_available()}
+                "pin_memory": torch.cuda.is_available(), "collate_fn": getattr(dataset, "collate_fn", None)}
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         batch_sampler = self.sampler_factory(rank, world) if self.sampler_factory else None
-        kwargs = self._loader_kwargs()
+        kwargs = self._loader_kwargs(self.train_dataset)
         kwargs["generator"] = torch.Generator()
         if batch_sampler is not None:
             self.epoch_sampler = batch_sampler
@@ -245,7 +254,7 @@ class MetricLearningData(pl.LightningDataModule):
         sampler = DistributedSampler(self.val_dataset, num_replicas=world, rank=rank, shuffle=False) \
             if world > 1 else None
         return DataLoader(self.val_dataset, batch_size=self.bs_val, sampler=sampler, shuffle=False,
-                          **self._loader_kwargs())
+                          **self._loader_kwargs(self.val_dataset))
 
     def set_epoch(self, epoch: int) -> None:
         if self.epoch_sampler is not None and hasattr(self.epoch_sampler, "set_epoch"):

@@ -10,15 +10,51 @@ from lookalike.data import schema
 from lookalike.errors import ConfigError, DatasetError
 
 __all__ = ["dataset_root", "load_table", "split_table", "make_dataset", "label_to_category", "Datasets",
-           "build_datasets"]
+           "build_datasets", "extractor_modality", "text_tokenizer", "refuse_texts"]
+
+
+def extractor_modality(cfg: Mapping) -> str:
+    """"text" when the config's extractor takes texts (its class says ``modality = "text"``), else "image"."""
+    from lookalike.pipelines.registry import EXTRACTORS_REGISTRY
+
+    block = cfg.get("extractor")
+    if not isinstance(block, Mapping) or not block.get("name"):  # e.g. a partial config of a helper
+        return "image"
+    cls, _ = EXTRACTORS_REGISTRY.resolve(block["name"], "extractor.name")
+    return "text" if getattr(cls, "modality", "image") == "text" else "image"
+
+
+def text_tokenizer(cfg: Mapping):
+    """The tokenizer of the config's text extractor (built from its arguments, without loading the weights)."""
+    from lookalike.pipelines.registry import EXTRACTORS_REGISTRY
+
+    cls, fixed = EXTRACTORS_REGISTRY.resolve(cfg["extractor"]["name"], "extractor.name")
+    make = getattr(cls, "tokenizer_for", None)
+    if make is None:
+        raise ConfigError(f"extractor: {cfg['extractor']['name']} takes texts but has no tokenizer_for(**args) "
+                          "class method, which the text datasets tokenise with.")
+    from lookalike.errors import LookalikeError
+
+    try:
+        return make(**{**fixed, **dict(cfg["extractor"].get("args") or {})})
+    except LookalikeError as exc:  # as build_component reports the extractor's own errors
+        raise type(exc)(f"extractor ({cfg['extractor']['name']}): {exc}") from None
+
+
+def refuse_texts(cfg: Mapping, what: str) -> None:
+    """A ConfigError when the config's extractor takes texts: ``what`` works on images only."""
+    if extractor_modality(cfg) == "text":
+        raise ConfigError(f"{what} works on images only, and this run's extractor "
+                          f"({cfg['extractor']['name']}) takes texts; text runs support train, validate, predict, "
+                          "index, search and serve.")
 
 
 def dataset_root(cfg: Mapping) -> Path:
-    """``cfg['dataset_root']``, or the built-in example data when it is null."""
+    """``cfg['dataset_root']``, or the built-in example data when it is null (texts for a text extractor)."""
     if cfg.get("dataset_root") is None:
-        from lookalike.data import example_dataset_root
+        from lookalike.data import example_dataset_root, example_texts_root
 
-        return Path(example_dataset_root())
+        return Path(example_texts_root() if extractor_modality(cfg) == "text" else example_dataset_root())
     root = Path(cfg["dataset_root"]).expanduser()
     if root.is_file():
         raise ConfigError(f"dataset_root: {str(root)!r} is a file, but a folder is expected: point it at the folder "
@@ -30,12 +66,13 @@ def dataset_root(cfg: Mapping) -> Path:
     return root
 
 
-def load_table(cfg: Mapping):
-    """The validated dataset table of ``dataset_root/csv``."""
+def load_table(cfg: Mapping, modality: str | None = None):
+    """The validated dataset table of ``dataset_root/csv`` (column ``text`` for a text extractor, else ``path``
+    with its images checked)."""
     from lookalike.data.validation import load_dataset_table
 
     return load_dataset_table(dataset_root(cfg), cfg["csv"], check_images=cfg["check_images"],
-                              max_pixels=max_pixels(cfg))
+                              max_pixels=max_pixels(cfg), modality=modality or extractor_modality(cfg))
 
 
 def max_pixels(cfg: Mapping):
@@ -73,17 +110,29 @@ class Datasets:
     val: Any
     origin: str  # dataset_root/csv, for messages
     label2category: dict | None = None
+    modality: str = "image"
 
 
 def build_datasets(cfg: Mapping, *, train: bool) -> Datasets:
     """The validation dataset (transforms_val) and, with ``train``, the training dataset (transforms_train) and
-    its label -> category map, from one load of ``dataset_root/csv``."""
+    its label -> category map, from one load of ``dataset_root/csv``. For a text extractor: `TextDataset`s
+    tokenised by its tokenizer (the transforms do not apply)."""
     from lookalike.pipelines.builders import build_transforms
 
-    table = load_table(cfg)
+    modality = extractor_modality(cfg)
+    table = load_table(cfg, modality)
     origin = str(dataset_root(cfg) / cfg["csv"])
-    train_ds = None
-    if train:
-        train_ds = make_dataset(split_table(table, "train", origin), build_transforms(cfg, "transforms_train"), cfg)
-    val_ds = make_dataset(split_table(table, "validation", origin), build_transforms(cfg, "transforms_val"), cfg)
-    return Datasets(train_ds, val_ds, origin, label_to_category(train_ds) if train_ds is not None else None)
+    if modality == "text":
+        from lookalike.data.texts import TextDataset
+
+        tokenizer = text_tokenizer(cfg)
+
+        def make(part, which):
+            return TextDataset(part, tokenizer)
+    else:
+        def make(part, which):
+            return make_dataset(part, build_transforms(cfg, which), cfg)
+    train_ds = make(split_table(table, "train", origin), "transforms_train") if train else None
+    val_ds = make(split_table(table, "validation", origin), "transforms_val")
+    return Datasets(train_ds, val_ds, origin, label_to_category(train_ds) if train_ds is not None else None,
+                    modality)

@@ -107,6 +107,9 @@ def _extractor_config(cfg: Mapping) -> dict:
 
     run = Path(cfg["extractor_run"]).expanduser()
     base, _ = load_config(run, [], pipeline="validate")
+    from lookalike.pipelines.loading import refuse_texts
+
+    refuse_texts(base, "train-pairwise")
     ckpt = cfg["checkpoint"]
     if ckpt is None:
         best, last = run / "checkpoints" / "best.ckpt", run / "checkpoints" / "last.ckpt"

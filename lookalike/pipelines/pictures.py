@@ -8,7 +8,15 @@ from typing import Any, Sequence
 from lookalike.errors import ConfigError
 from lookalike.io import atomic_path
 
-__all__ = ["save_worst_queries", "per_query_for", "send_figure"]
+__all__ = ["save_worst_queries", "per_query_for", "send_figure", "shown_items"]
+
+
+def shown_items(dataset: Any) -> tuple[Sequence[Any], bool]:
+    """(what a picture shows of each item by dataset index, whether they are texts): image paths, or texts."""
+    texts = getattr(dataset, "texts", None)
+    if texts is not None:
+        return texts, True
+    return dataset.paths, False
 
 
 def per_query_for(per_query: dict, metric: str) -> tuple[Any, str]:
@@ -31,8 +39,10 @@ def per_query_for(per_query: dict, metric: str) -> tuple[Any, str]:
 
 
 def save_worst_queries(metrics, images: Sequence[Any], path: Path, *, n_queries: int = 6, metric: str = "",
-                       loggers: Sequence[Any] = (), step: int = 0, tag: str = "worst_queries") -> Path | None:
-    """Plots the ``n_queries`` worst queries of the last ``metrics.compute()``; ``images`` by dataset index."""
+                       loggers: Sequence[Any] = (), step: int = 0, tag: str = "worst_queries",
+                       as_text: bool = False) -> Path | None:
+    """Plots the ``n_queries`` worst queries of the last ``metrics.compute()``; ``images`` by dataset index
+    (texts with ``as_text``, see `shown_items`)."""
     if metrics.last_results is None or metrics.last_per_query is None:
         return None
     import matplotlib
@@ -43,7 +53,8 @@ def save_worst_queries(metrics, images: Sequence[Any], path: Path, *, n_queries:
     from lookalike.viz import plot_worst_queries
 
     values, name = per_query_for(metrics.last_per_query, metric)
-    figure = plot_worst_queries(metrics.last_results, values, images, n=n_queries, metric_name=name)
+    figure = plot_worst_queries(metrics.last_results, values, images, n=n_queries, metric_name=name,
+                                as_text=as_text)
     path = Path(path)
     with atomic_path(path, suffix=".png") as tmp:
         figure.savefig(tmp, dpi=80, format="png")

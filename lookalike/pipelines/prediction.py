@@ -17,28 +17,39 @@ __all__ = ["predict", "source_of", "manifest_of"]
 
 
 def source_of(cfg: Mapping):
-    """The images a config names: ``predict_source`` (a CSV or a folder), else every row of the dataset CSV."""
-    from lookalike.inference import image_source
+    """The items a config names: ``predict_source`` (a CSV, or a folder of images), else every row of the dataset
+    CSV; texts (a ``TextSource``, column ``text``) for a text extractor, else images (an ``ImageSource``)."""
+    from lookalike.inference import image_source, text_source
     from lookalike.pipelines import loading
 
+    texts = loading.extractor_modality(cfg) == "text"
     if cfg.get("predict_source") is None:
         from lookalike.data.validation import load_dataset_table
 
         root = loading.dataset_root(cfg)
-        table = load_dataset_table(root, cfg["csv"], check_images="none").reset_index(drop=True)
-        images = image_source(table, root=root)
-        images.origin = str(root / cfg["csv"])
-        return images
-    return image_source(cfg["predict_source"])
+        table = load_dataset_table(root, cfg["csv"], check_images="none",
+                                   modality="text" if texts else "image").reset_index(drop=True)
+        items = text_source(table) if texts else image_source(table, root=root)
+        items.origin = str(root / cfg["csv"])
+        return items
+    return text_source(cfg["predict_source"]) if texts else image_source(cfg["predict_source"])
+
+
+def content_column(items) -> str:
+    """The column that holds each item: ``text`` for texts, else ``path``."""
+    return schema.TEXT if schema.TEXT in items.table.columns and schema.PATH not in items.table.columns \
+        else schema.PATH
 
 
 def manifest_of(images, rows: list[int]):
-    """The manifest of the embedded ``rows`` of an ``ImageSource``: ``id``, ``path``, then every other column."""
+    """The manifest of the embedded ``rows`` of an ``ImageSource`` or ``TextSource``: ``id``, ``path`` (or
+    ``text``), then every other column."""
     import pandas as pd
 
     table, ids = images.table, images.ids
-    manifest = pd.DataFrame({"id": [ids[r] for r in rows], schema.PATH: table[schema.PATH].iloc[rows].to_numpy()})
-    for column in (c for c in table.columns if c not in (schema.PATH, "id", "row")):
+    content = content_column(images)
+    manifest = pd.DataFrame({"id": [ids[r] for r in rows], content: table[content].iloc[rows].to_numpy()})
+    for column in (c for c in table.columns if c not in (content, "id", "row")):
         manifest[column] = table[column].iloc[rows].to_numpy()
     return manifest
 
@@ -83,13 +94,15 @@ def _save_predictions(cfg: dict, source, overrides: list[str], images, result, i
 
     failed, failed_path = result.failed, out_dir / "failed.csv"
     if failed:
+        content = content_column(images)
         failed_df = pd.DataFrame({"id": [ids[r] for r, _ in failed],
-                                  schema.PATH: [table[schema.PATH].iloc[r] for r, _ in failed],
+                                  content: [table[content].iloc[r] for r, _ in failed],
                                   "error": [e for _, e in failed]})
         with atomic_path(failed_path, suffix=".csv") as tmp:
             failed_df.to_csv(tmp, index=False)
         shown = "; ".join(f"{ids[r]}: {e}" for r, e in failed[:5])
-        warnings.warn(f"{len(failed)} of {len(table)} image(s) could not be read and have no embedding (listed "
+        noun = "text(s)" if content_column(images) == schema.TEXT else "image(s)"
+        warnings.warn(f"{len(failed)} of {len(table)} {noun} could not be read and have no embedding (listed "
                       f"in {failed_path}): {shown}{' ...' if len(failed) > 5 else ''}", stacklevel=3)
     elif failed_path.exists():
         failed_path.unlink()

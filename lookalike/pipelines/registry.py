@@ -169,6 +169,8 @@ EXTRACTORS_REGISTRY = Registry(
         "vit": Entry("lookalike.models:ViTExtractor"),
         "timm": Entry("lookalike.models:TimmExtractor", requires="timm"),
         "small_cnn": Entry("lookalike.models:SmallCNNExtractor"),
+        "text_transformer": Entry("lookalike.models.texts:TextExtractor", requires="transformers",
+                                  doc="texts: a transformers encoder from a local folder or package, mean-pooled"),
     },
 )
 

@@ -32,27 +32,50 @@ def _query_paths(items: Sequence[str]) -> list[tuple[str, str]]:
     return out
 
 
+def _query_texts(items: Sequence[str]) -> list[tuple[str, str]]:
+    """(text as shown, text) of every query of an index of texts: each argument is a text, except a CSV file,
+    whose ``text`` column gives one query per row."""
+    from lookalike.inference import text_source
+
+    out = []
+    for item in items:
+        path = Path(item).expanduser()
+        if item.lower().endswith(".csv") and path.is_file():
+            out += [(t, t) for t in text_source(path).table["text"].tolist()]
+        else:
+            out.append((item, item))
+    return out
+
+
 def search(index_dir: str | Path, queries: Sequence[str], *, top_k: int = 5, fmt: str = "table",
            device: str = "cpu") -> str:
     """The ``top_k`` results of each query image (files or folders) in the index at ``index_dir``, formatted as
-    ``fmt`` (table, json or csv). Unreadable query images are reported on stderr and left out."""
+    ``fmt`` (table, json or csv); for an index of texts each query is a text (or a CSV file with a ``text``
+    column). Unreadable query images and empty texts are reported on stderr and left out."""
     from lookalike.errors import unknown_choice
     from lookalike.pipelines.indexing import open_index
 
     if fmt not in FORMATS:
         raise ConfigError(unknown_choice("format", fmt, FORMATS))
     if not queries:
-        raise ConfigError("search: give at least one query image or folder after the index folder.")
-    paths = _query_paths(queries)
+        raise ConfigError("search: give at least one query image or folder (or query text, for an index of texts) "
+                          "after the index folder.")
     index = open_index(index_dir, device=device)
+    paths = _query_texts(queries) if index.holds_texts else _query_paths(queries)
     if index.embedder is None:
         raise ConfigError(f"index {index_dir} was built from embeddings alone (no model in its index.json), so it "
-                          "cannot embed query images; build it with `lookalike index`.")
-    embedded = index.embedder.embed_source([p for _, p in paths])
+                          "cannot embed queries; build it with `lookalike index`.")
+    if index.holds_texts:
+        from lookalike.inference import text_source
+
+        embedded = index.embedder.embed_source(text_source([text for _, text in paths]))
+    else:
+        embedded = index.embedder.embed_source([p for _, p in paths])
     for row, message in embedded.failed:
         print(f"warning: {paths[row][0]} could not be read ({message}); skipped", file=sys.stderr)
     if len(embedded.rows) == 0:
-        raise DatasetError("search: none of the query images could be read.")
+        raise DatasetError(f"search: none of the query {'texts' if index.holds_texts else 'images'} could be "
+                           "embedded.")
     results = index.search(embedded.embeddings, top_k=top_k)
     shown = [paths[r][0] for r in embedded.rows.tolist()]
     records = [{"query": q, "rank": rank, "distance": hit.distance, **hit.row}

@@ -124,15 +124,18 @@ def shard_rows(n_items: int, batch_size: int, world_size: int, rank: int) -> ran
 
 
 def embed_sharded(embedder, images, processes: Processes, progress: bool = False):
-    """``embedder.embed_source(images)`` split over ``processes``: the `Embedded` of the whole source, rows in
-    source order, on rank 0; None on the other ranks."""
-    from lookalike.inference import Embedded, ImageSource
+    """``embedder.embed_source(images)`` (an ``ImageSource`` or a ``TextSource``) split over ``processes``: the
+    `Embedded` of the whole source, rows in source order, on rank 0; None on the other ranks."""
+    from dataclasses import replace
+
+    from lookalike.inference import Embedded
 
     if processes.world_size == 1:
         return embedder.embed_source(images, progress=progress)
     rows = shard_rows(len(images.ids), embedder.batch_size, processes.world_size, processes.rank)
-    part = ImageSource(images.table.iloc[rows.start:rows.stop].reset_index(drop=True),
-                       images.ids[rows.start:rows.stop], images.origin)
+    # an ImageSource or a TextSource restricted to this rank's rows
+    part = replace(images, table=images.table.iloc[rows.start:rows.stop].reset_index(drop=True),
+                   ids=images.ids[rows.start:rows.stop])
     mine = embedder.embed_source(part, progress=progress and processes.is_main)
     shards = processes.gather((mine.embeddings, mine.rows + rows.start,
                                [(row + rows.start, error) for row, error in mine.failed]))

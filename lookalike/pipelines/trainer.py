@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any, Mapping
+
+import torch
+
+from lookalike.inference import runnable_precision
 
 __all__ = ["quiet_lightning", "trainer_kwargs", "several_devices", "several_processes"]
 
@@ -30,6 +35,12 @@ def trainer_kwargs(cfg: Mapping) -> dict[str, Any]:
         precision = "64-true"
     elif precision == 16:
         precision = "16-mixed"
+    on_cpu = cfg["accelerator"] == "cpu" or (
+        cfg["accelerator"] == "auto" and not torch.cuda.is_available() and not torch.backends.mps.is_available())
+    if on_cpu and runnable_precision(torch.device("cpu"), precision) != precision:
+        print(f"precision: {precision} runs as 32-true here: this CPU has no bf16 units (AMX / AVX512-BF16), "
+              "and emulated bf16 is several times slower than fp32", file=sys.stderr)
+        precision = "32-true"
     return {
         "accelerator": cfg["accelerator"],
         "devices": cfg["devices"],

@@ -108,6 +108,7 @@ def _build_module(cfg: Mapping, data):
         scheduler_factory=lambda opt: builders.build_scheduler(cfg, opt),
         freeze_backbone_epochs=cfg["freeze_backbone_epochs"],
         backbone=backbone,
+        backbone_lr=cfg["backbone_lr"],
         main_metric=cfg["metric_for_checkpointing"],
         channels_last=cfg["channels_last"],
     )
@@ -183,11 +184,12 @@ def _image_saver(cfg: Mapping, val_dataset):
     """Saves the worst-query picture of the last validation (drawn by lookalike.viz)."""
 
     def save(module, path: Path, trainer) -> None:
-        from lookalike.pipelines.pictures import save_worst_queries
+        from lookalike.pipelines.pictures import save_worst_queries, shown_items
 
-        save_worst_queries(module.metrics, val_dataset.paths, path, n_queries=cfg["n_worst_queries"],
+        items, as_text = shown_items(val_dataset)
+        save_worst_queries(module.metrics, items, path, n_queries=cfg["n_worst_queries"],
                            metric=cfg["metric_for_checkpointing"], loggers=trainer.loggers,
-                           step=trainer.global_step, tag=path.stem)
+                           step=trainer.global_step, tag=path.stem, as_text=as_text)
 
     return save
 

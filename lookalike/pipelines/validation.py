@@ -68,10 +68,12 @@ def validate(config: Mapping | str | Path | None = None, overrides: Iterable[str
         save_config(cfg, out_dir / "config.yaml")
         write_json_atomic(out_dir / "metrics.json", {"checkpoint": cfg["checkpoint"], "metrics": results})
         if cfg["log_images"]:
-            from lookalike.pipelines.pictures import save_worst_queries
+            from lookalike.pipelines.pictures import save_worst_queries, shown_items
 
-            save_worst_queries(module.metrics, val_ds.paths, out_dir / "worst_queries.png",
-                               n_queries=cfg["n_worst_queries"], metric=cfg["metric_for_checkpointing"])
+            items, as_text = shown_items(val_ds)
+            save_worst_queries(module.metrics, items, out_dir / "worst_queries.png",
+                               n_queries=cfg["n_worst_queries"], metric=cfg["metric_for_checkpointing"],
+                               as_text=as_text)
         print(f"\nvalidation of {cfg['checkpoint'] or 'the extractor as built'} on {origin}:\n"
               f"{metrics_table(results)}\nsaved to {out_dir / 'metrics.json'}")
     return {"metrics": results, "metrics_flat": dict(module.last_flat), "output_dir": out_dir}

@@ -21,6 +21,7 @@ __all__ = [
     "DISTANCES",
     "ExcludeSpec",
     "Exclusion",
+    "RowSubset",
     "SearchBackend",
     "check_distance",
     "check_k",
@@ -91,19 +92,76 @@ def gallery_key(gallery: Any) -> tuple | None:
     return None
 
 
+class RowSubset:
+    """The rows ``rows`` of a 2-D tensor ``base``, read block by block: a gallery that is part of a larger
+    embedding table is searched without copying it (``len``, ``shape`` and slicing behave like ``base[rows]``).
+
+    A subset that is one contiguous run of rows becomes a plain view (`as_tensor_or_subset`)."""
+
+    def __init__(self, base: Tensor, rows: Tensor):
+        self.base, self.rows = base, rows
+        self.shape = torch.Size((len(rows), base.shape[1]))
+        self.dtype = base.dtype
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, item: slice) -> Tensor:
+        if not isinstance(item, slice):
+            raise TypeError("RowSubset supports slices only; use positions() and index the base")
+        return self.base.index_select(0, self.rows[item])
+
+    def block(self, a: int, b: int, out: Tensor | None = None) -> Tensor:
+        """Rows ``a:b`` of the subset as a tensor (written into ``out`` when given)."""
+        return torch.index_select(self.base, 0, self.rows[a:b], out=out) if out is not None else self[a:b]
+
+    def positions(self, pos: Tensor) -> Tensor:
+        """Row numbers in ``base`` of the subset's positions ``pos``."""
+        return self.rows[pos]
+
+
+def as_tensor_or_subset(base: Tensor, rows: Tensor | None) -> Tensor | RowSubset:
+    """``base`` itself (all rows), a view (one contiguous run of rows) or a `RowSubset` (anything else)."""
+    if rows is None or len(rows) == len(base):
+        return base if rows is None or bool((rows == torch.arange(len(base))).all()) else RowSubset(base, rows)
+    if len(rows) and int(rows[-1]) - int(rows[0]) == len(rows) - 1 and bool((rows.diff() == 1).all()):
+        return base[int(rows[0]) : int(rows[0]) + len(rows)]
+    return RowSubset(base, rows)
+
+
+def _check_rows(rows: Any, n: int) -> Tensor:
+    t = torch.as_tensor(np.asarray(rows) if not isinstance(rows, Tensor) else rows).cpu()
+    if t.dtype == torch.bool:
+        if t.shape != (n,):
+            raise LookalikeError(f"gallery_rows: a bool mask must have shape ({n},), got {tuple(t.shape)}.")
+        return t.nonzero().squeeze(1)
+    if t.ndim != 1 or t.is_floating_point():
+        raise LookalikeError("gallery_rows must be a 1-D bool mask or integer row positions of the gallery.")
+    t = t.to(torch.int64)
+    if len(t) and (int(t.min()) < 0 or int(t.max()) >= n):
+        raise LookalikeError(f"gallery_rows must be row positions in [0, {n}), got values outside.")
+    return t
+
+
 class SearchBackend(ABC):
     """Top-k nearest gallery items for every query; ``distance`` is one of `DISTANCES` (smaller is closer).
 
     ``search`` checks its inputs and handles empty sets once for every backend; a backend implements
-    ``_search`` on float32 2-d tensors of equal width, with ``k >= 1`` and both sets non-empty.
+    ``_search`` on float32 2-d tensors of equal width, with ``k >= 1`` and both sets non-empty. A backend that
+    sets ``reads_row_subsets = True`` also accepts a `RowSubset` as the gallery (others get a copy of the rows).
     """
 
     distance: str = "cosine"
+    reads_row_subsets: bool = False
 
     def search(
-        self, queries: Tensor, gallery: Tensor, k: int, *, exclude: ExcludeSpec = None
+        self, queries: Tensor, gallery: Tensor, k: int, *, exclude: ExcludeSpec = None, gallery_rows: Any = None
     ) -> tuple[Tensor, Tensor]:
-        """Return ``(distances (Nq, k) float32, indices (Nq, k) int64)``; padding is ``(+inf, -1)``."""
+        """Return ``(distances (Nq, k) float32, indices (Nq, k) int64)``; padding is ``(+inf, -1)``.
+
+        ``gallery_rows`` (bool mask or row positions): search only these rows of ``gallery``, exactly as if
+        ``gallery[gallery_rows]`` had been passed (indices and ``exclude`` refer to positions in that subset), but
+        without copying them when the backend reads subsets (exact search does)."""
         q = as_embeddings(queries, "queries")
         key = gallery_key(gallery)
         if key is not None and key == getattr(self, "_checked_gallery", None):
@@ -117,6 +175,11 @@ class SearchBackend(ABC):
                 f"queries have dimension {q.shape[1]} but gallery has {g.shape[1]}: both must come from the "
                 "same extractor."
             )
+        if gallery_rows is not None:
+            g = as_tensor_or_subset(g, _check_rows(gallery_rows, len(g)))
+            if isinstance(g, RowSubset) and not self.reads_row_subsets:
+                g = g[:]
+            gallery = g
         if len(q) == 0 or len(g) == 0:
             self._empty_search(len(q))
             return torch.full((len(q), k), float("inf")), torch.full((len(q), k), -1, dtype=torch.int64)

@@ -27,7 +27,9 @@ With ``G^ = max |g^|``, ``E_g = max e_g`` and ``B_G = max B_g`` over the gallery
 
 (the factor 1.25 absorbs float64 noise in the bound itself; the last term covers flush-to-zero of denormals).
 Euclidean screening uses ``2 s - |g|^2`` (``|q|^2`` is constant per query) and adds the fp32 rounding of
-``|g|^2`` and of the final addition. If torch is allowed to run fp32 matmuls in reduced precision
+``|g|^2`` and of the final addition; with bf16 the output rounding of ``s`` is bounded by the observed score
+``S`` (``|2 s| <= max(|S|, |S + G^2|)``), as for cosine, so for unit vectors the euclidean bound is about twice
+the cosine one, as the squared distance ``2 - 2 cos`` is. If torch is allowed to run fp32 matmuls in reduced precision
 (``torch.set_float32_matmul_precision("medium"/"high")``), the fp32 bound adds the bf16 input rounding
 ``2.01 u B_q B_G`` so it stays valid. The bound assumes IEEE round-to-nearest and fp32 accumulation inside
 the bf16 matmul (oneDNN/MKL on CPU); `tests/retrieval` check it against float64 on adversarial data.
@@ -38,6 +40,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from lookalike.retrieval.base import RowSubset
 from lookalike.retrieval.distances import TINY_NORM, pair_distances, row_sq_norms
 
 __all__ = ["ScreeningBounds", "fp32_matmul_is_ieee", "native_bf16_matmul", "fast_norms", "inverse_norms",
@@ -89,8 +92,9 @@ def fast_norms(x: Tensor) -> Tensor:
 class ScreeningBounds:
     """Per-search precomputation: float64 norms, screening vectors' error terms, bound constants."""
 
-    def __init__(self, queries: Tensor, gallery: Tensor, distance: str, precision: str,
+    def __init__(self, queries: Tensor, gallery: Tensor | RowSubset, distance: str, precision: str,
                  gallery_cache: dict | None = None):
+        """``gallery``: a tensor or a `RowSubset` of a larger one (read block by block, never copied whole)."""
         self.q, self.g, self.distance, self.precision = queries, gallery, distance, precision
         self.d = d = queries.shape[1]
         cosine = distance == "cosine"
@@ -110,7 +114,7 @@ class ScreeningBounds:
         self.g_screen = None
         if gallery_cache is not None and self.g_inv is not None:
             if "g_screen" not in cache:
-                cache["g_screen"] = self.prep32(gallery, self.g_inv)
+                cache["g_screen"] = self.prep32(gallery if isinstance(gallery, Tensor) else gallery[:], self.g_inv)
             self.g_screen = cache["g_screen"]
         if distance == "euclidean":
             if "neg_gsq" not in cache:
@@ -180,11 +184,9 @@ class ScreeningBounds:
         err = SAFETY * core + tiny
         if self.distance == "euclidean":
             # score = 2 s - |g|^2: twice the dot error, |g|^2 rounded to fp32, the final fp32 addition
-            # (and for bf16 the output rounding of s, bounded globally here).
+            # (for bf16 the output rounding of s depends on the observed score: added in `lower_bound`)
             big = b_q * b_g * 1.01
             extra = U32 * self.g_hat_max**2 * 1.01 + 2 * U32 * (2 * big + self.g_hat_max**2 * 1.01)
-            if precision == "bf16":
-                extra = extra + 2 * U_BF16_OUT * big
             err = 2 * err + SAFETY * extra
         return err
 
@@ -195,6 +197,14 @@ class ScreeningBounds:
         if score.dim() == 2:
             err = err[:, None]
         if self.distance == "euclidean":
+            if precision == "bf16":
+                # the bf16 output T of the dot product is rounded by at most U_BF16_OUT |T|, and the observed
+                # score S = 2 T - |g|^2 puts 2 T between S and S + G^2 (G = the largest gallery norm), so
+                # |2 T| <= max(|S|, |S + G^2|); S + that error grows with S, so the bound at the K-th candidate's
+                # score covers every item screened below it (fp32 slack for S and |g|^2 themselves)
+                g_sq = self.g_hat_max**2 * (1 + 4 * U32)
+                reach = torch.maximum(score.abs(), (score + g_sq).abs())
+                err = err + SAFETY * U_BF16_OUT * (reach * (1 + 4 * U32) + 4 * U32 * g_sq)
             qsq = self.q_norm[qpos].square() * (1 - 1e-14)
             return (qsq[:, None] if score.dim() == 2 else qsq) - score - err
         if precision == "bf16":
@@ -228,6 +238,9 @@ class ScreeningBounds:
         return torch.where(x32.double() > x, torch.nextafter(x32, torch.tensor(-_INF)), x32)
 
     def canonical(self, qpos: Tensor, gpos: Tensor) -> Tensor:
+        if isinstance(self.g, RowSubset):
+            return pair_distances(self.q, self.g.base, qpos, self.g.positions(gpos), self.distance,
+                                  self.q_sq_canonical)
         return pair_distances(self.q, self.g, qpos, gpos, self.distance, self.q_sq_canonical)
 
 

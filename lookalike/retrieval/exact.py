@@ -120,8 +120,11 @@ class ExactSearch(SearchBackend):
     8 for fp32, ``max(32, k)`` for bf16 or when torch may run fp32 matmuls in reduced precision); more means
     fewer fallbacks and a slower merge.
     After each call ``last_stats`` holds counts: queries, fallback (queries re-searched), rescored (pairs), and
-    the screening precision used.
+    the screening precision used. A gallery given as ``gallery_rows`` of a larger table is read block by block,
+    never copied whole.
     """
+
+    reads_row_subsets = True
 
     def __init__(
         self,

@@ -36,7 +36,8 @@ class PairStream:
         self.qs, self.gs = self.q, self.g  # screening rows
         self.q_sq = self.g_sq = self.q_sq_canonical = None
         if distance == "cosine":
-            self.qs, self.gs = self.q * inverse_norms(q_norm)[:, None], self.g * inverse_norms(g_norm)[:, None]
+            self.qs = self.q * inverse_norms(q_norm)[:, None]
+            self.gs = self.qs if self.g is self.q else self.g * inverse_norms(g_norm)[:, None]  # one copy when shared
             self.q_sq_canonical = row_sq_norms(self.q)
         elif distance == "euclidean":
             self.q_sq, self.g_sq = q_norm.square().float(), g_norm.square().float()
@@ -58,9 +59,12 @@ class PairStream:
         if not high > low:
             high = np.nextafter(low, np.float32(np.inf))
         self.clamp = (float(low), float(high))
-        self.q_lab = labels[q_idx]
-        self.g_order = torch.argsort(labels[g_idx], stable=True)
-        self.g_lab_sorted = labels[g_idx][self.g_order]
+        self.q_lab, self.g_labels = labels[q_idx], labels[g_idx]
+        self.g_order = torch.argsort(self.g_labels, stable=True)
+        self.g_lab_sorted = self.g_labels[self.g_order]
+        self.seq = None
+        if sequences is not None and bool((sequences >= 0).any()):
+            self.seq = (sequences[q_idx], sequences[g_idx])
         spec = []
         if bool((is_query & is_gallery).any()):
             spec.append((q_idx, g_idx))  # the same dataset item
@@ -109,22 +113,51 @@ class PairStream:
         order = torch.argsort(cols, stable=True)
         return rows[order], cols[order]
 
-    def blocks(self) -> Iterator[tuple[int, int, Tensor, tuple[Tensor, Tensor] | None]]:
+    def negative_count(self) -> int:
+        """How many negative pairs there are (every pair minus the positives and the excluded different-label
+        pairs: only same-sequence pairs can be excluded and have different labels), from the labels alone."""
+        q_lab, g_lab = self.q_lab, self.g_lab_sorted
+        same = torch.searchsorted(g_lab, q_lab, right=True) - torch.searchsorted(g_lab, q_lab)
+        total = len(q_lab) * len(g_lab) - int(same.sum())
+        if self.seq is None:
+            return total
+        q_seq, g_seq = self.seq
+        uniq, codes = torch.unique(torch.cat([q_lab, self.g_labels]), return_inverse=True)
+        q_code, g_code = codes[: len(q_lab)], codes[len(q_lab):]
+        n_lab = len(uniq)
+        g_in = g_seq >= 0
+        seq_count = torch.bincount(g_seq[g_in], minlength=int(max(int(q_seq.max()), int(g_seq.max())) + 1))
+        pair_keys, pair_counts = torch.unique(g_seq[g_in] * n_lab + g_code[g_in], return_counts=True)
+        q_in = q_seq >= 0
+        qk = q_seq[q_in] * n_lab + q_code[q_in]
+        same_seq = seq_count[q_seq[q_in]]
+        if len(pair_keys):
+            pos = torch.searchsorted(pair_keys, qk).clamp(max=len(pair_keys) - 1)
+            same_seq_label = torch.where(pair_keys[pos] == qk, pair_counts[pos], 0)
+        else:
+            same_seq_label = torch.zeros_like(qk)
+        return total - int((same_seq - same_seq_label).sum())
+
+    def blocks(self, query_ranges: list[tuple[int, int]] | None = None
+               ) -> Iterator[tuple[int, int, Tensor, tuple[Tensor, Tensor, Tensor]]]:
         """``(q0, g0, keys, positives)`` of one block at a time: ``keys`` are the fast keys of the negative pairs,
-        NaN where a pair is positive or excluded; ``positives`` (the chunk's, see `positives`) come with the
-        first block of every query chunk, else None."""
-        for q0 in range(0, len(self.q), self.qc):
-            q1 = min(q0 + self.qc, len(self.q))
+        NaN where a pair is positive or excluded; ``positives`` = (query positions, gallery positions, fast keys)
+        of the block's positive pairs. ``query_ranges``: only these ``(q0, q1)`` query rows (default: all)."""
+        if query_ranges is None:
+            query_ranges = [(q0, min(q0 + self.qc, len(self.q))) for q0 in range(0, len(self.q), self.qc)]
+        for q0, q1 in query_ranges:
             rows, cols = self.positives(q0, q1)
             chunk_exclusion = None if self.exclusion.empty else self.exclusion.for_queries(torch.arange(q0, q1))
             for g0 in range(0, len(self.g), self.gc):
                 g1 = min(g0 + self.gc, len(self.g))
                 keys = self.fast_keys(q0, q1, g0, g1)
                 a, b = torch.searchsorted(cols, torch.tensor([g0, g1])).tolist()
-                keys[rows[a:b] - q0, cols[a:b] - g0] = math.nan
+                r, c = rows[a:b], cols[a:b]
+                positive_keys = keys[r - q0, c - g0]
+                keys[r - q0, c - g0] = math.nan
                 if chunk_exclusion is not None:
                     chunk_exclusion.apply(keys, g0, g1, math.nan)
-                yield q0, g0, keys, ((rows, cols) if g0 == 0 else None)
+                yield q0, g0, keys, (r, c, positive_keys)
 
     def canonical_of(self, q0: int, g0: int, mask: Tensor) -> Tensor:
         """Canonical keys (float64) of the block's pairs where ``mask`` is True."""

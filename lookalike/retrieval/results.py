@@ -17,7 +17,14 @@ import torch
 from torch import Tensor
 
 from lookalike.errors import LookalikeError
-from lookalike.retrieval.base import SearchBackend, as_embeddings, check_distance, check_k
+from lookalike.retrieval.base import (
+    RowSubset,
+    SearchBackend,
+    as_embeddings,
+    as_tensor_or_subset,
+    check_distance,
+    check_k,
+)
 from lookalike.retrieval.factory import make_backend
 
 __all__ = ["RetrievalResults", "factorize_sequences"]
@@ -242,9 +249,13 @@ class RetrievalResults:
             exclude.append((query_ids, gallery_ids))  # the same dataset item
         if seq is not None and bool((seq >= 0).any()):
             exclude.append((seq[query_ids], seq[gallery_ids]))  # the same sequence (-1 matches nothing)
-        q_emb = emb if len(query_ids) == n else emb[query_ids]  # no copy when every item is a query
-        g_emb = emb if len(gallery_ids) == n else emb[gallery_ids]
-        distances, retrieved = search.search(q_emb, g_emb, k, exclude=exclude or None)
+        # no copy of the embeddings: the queries are a view when they are one run of rows (else a copy: queries
+        # are usually few), the gallery is searched as rows of the table (exact search reads them block by block)
+        q_emb = as_tensor_or_subset(emb, None if len(query_ids) == n else query_ids)
+        if isinstance(q_emb, RowSubset):
+            q_emb = q_emb[:]
+        distances, retrieved = search.search(q_emb, emb, k, exclude=exclude or None,
+                                             gallery_rows=None if len(gallery_ids) == n else gallery_ids)
 
         q_labels, g_labels = labels_t[query_ids], labels_t[gallery_ids]
         valid = retrieved >= 0

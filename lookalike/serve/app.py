@@ -32,29 +32,32 @@ from lookalike.errors import ArgumentError, LookalikeError
 from lookalike.serve.batching import MicroBatcher
 from lookalike.serve.uploads import ApiError, BodyLimitMiddleware, decode_image
 
-__all__ = ["create_app", "MAX_TOP_K", "DEFAULT_MAX_PIXELS"]
+__all__ = ["create_app", "MAX_TOP_K", "DEFAULT_MAX_PIXELS", "DEFAULT_MAX_TEXT_CHARS"]
 
 log = logging.getLogger("lookalike.serve")
 
 MAX_TOP_K = 1000
 DEFAULT_MAX_PIXELS = 40_000_000  # 40 megapixels: any camera photo; a decompression bomb is refused from its header
 _FORM_SLACK = 64 * 1024  # multipart boundaries, part headers and the small form fields around the file
-_RESERVED_FIELDS = ("file", "id", "path", "top_k")
+DEFAULT_MAX_TEXT_CHARS = 2000  # a query or added text; the model reads at most its max_length tokens anyway
+_RESERVED_FIELDS = ("file", "id", "path", "top_k", "text")
 _PAGE = Path(__file__).with_name("page.html")
 
 
 def create_app(index: Any, *, token: str | None = None, max_upload_mb: float = 10.0,
                max_pixels: int = DEFAULT_MAX_PIXELS, batch_wait_ms: float = 5.0, max_batch: int = 32,
-               upload_dir: str | Path | None = None) -> FastAPI:
+               upload_dir: str | Path | None = None, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> FastAPI:
     """The service over ``index`` (a ``lookalike.index.SearchIndex``). ``token``: when set, POST/DELETE need
     ``Authorization: Bearer <token>``. ``max_batch=1`` turns micro-batching off (each request calls the model
     itself: the benchmark's naive baseline). Uploaded items are stored under ``upload_dir`` (default: the index
-    folder's ``uploads/``) with generated names."""
-    if max_upload_mb <= 0 or max_pixels <= 0:
-        raise ArgumentError("max_upload_mb and max_pixels must be positive")
+    folder's ``uploads/``) with generated names. An index of texts (``index.holds_texts``) is searched and
+    extended with a ``text`` field (JSON or form) of at most ``max_text_chars`` characters instead of a file."""
+    if max_upload_mb <= 0 or max_pixels <= 0 or max_text_chars <= 0:
+        raise ArgumentError("max_upload_mb, max_pixels and max_text_chars must be positive")
     max_upload = int(max_upload_mb * 2**20)
     service = _Service(index, token=token or None, max_upload=max_upload, max_pixels=int(max_pixels),
-                       batch_wait_ms=batch_wait_ms, max_batch=max_batch, upload_dir=upload_dir)
+                       batch_wait_ms=batch_wait_ms, max_batch=max_batch, upload_dir=upload_dir,
+                       max_text_chars=int(max_text_chars))
     app = FastAPI(title="lookalike", summary="Search an image index by example.", docs_url=None, redoc_url=None,
                   lifespan=service.lifespan)
     app.state.service = service
@@ -68,8 +71,10 @@ class _Service:
     """What the routes share: the index, the batcher, the write lock and the limits."""
 
     def __init__(self, index: Any, *, token: str | None, max_upload: int, max_pixels: int, batch_wait_ms: float,
-                 max_batch: int, upload_dir: str | Path | None) -> None:
+                 max_batch: int, upload_dir: str | Path | None, max_text_chars: int = DEFAULT_MAX_TEXT_CHARS) -> None:
         self.index = index
+        self.holds_texts = bool(getattr(index, "holds_texts", False))
+        self.max_text_chars = max_text_chars
         self.token = token
         self.max_upload = max_upload
         self.max_pixels = max_pixels
@@ -90,13 +95,15 @@ class _Service:
             self.batcher.close()
 
     # -- embedding -----------------------------------------------------------------------------------------
-    def _embed_batch(self, images: list) -> np.ndarray:
+    def _embed_batch(self, items: list) -> np.ndarray:
         with self._calls_lock:
             self.model_calls += 1
-        return self.index.embedder.embed_images(images)
+        embedder = self.index.embedder
+        return embedder.embed_texts(items) if self.holds_texts else embedder.embed_images(items)
 
     def embed(self, image) -> np.ndarray:
-        """One image -> its embedding (1, dim), through the batcher when batching is on."""
+        """One image (or text, for an index of texts) -> its embedding (1, dim), through the batcher when
+        batching is on."""
         if self.batcher is None:
             return self._embed_batch([image])
         return np.asarray(self.batcher.submit(image))[None, :]
@@ -108,8 +115,28 @@ class _Service:
     def result(self, hit: Any) -> dict:
         row = {key: _json_value(value) for key, value in dict(hit.row or {}).items()}
         row.pop("id", None)
+        if self.holds_texts:
+            return {"id": str(hit.id), "distance": float(hit.distance), "text": row.pop("text", None),
+                    "image": None, **row}
         return {"id": str(hit.id), "distance": float(hit.distance), "path": row.pop("path", None),
                 "image": _image_url(str(hit.id)), **row}
+
+    def check_text(self, text: Any) -> str:
+        """The ``text`` field of a request, checked: a non-empty string within the length limit (4xx if not)."""
+        if not self.holds_texts:
+            raise ApiError(415, "this index holds images: send the image as multipart/form-data in the field "
+                                "'file' (e.g. curl -F file=@photo.jpg ...), not a text.")
+        if text is None:
+            raise ApiError(422, "text is missing: this index holds texts; send {\"text\": \"...\"} as JSON or a "
+                                "form field 'text'.")
+        if not isinstance(text, str):
+            raise ApiError(422, f"text must be a string, got {type(text).__name__}.")
+        if not text.strip():
+            raise ApiError(422, "text is empty: send the words to search for.")
+        if len(text) > self.max_text_chars:
+            raise ApiError(413, f"the text has {len(text):,} characters, over the server's limit of "
+                                f"{self.max_text_chars:,}; send a shorter text.")
+        return text
 
     def manifest_path(self, path: Path) -> str:
         """How the manifest names a stored upload: relative to the index folder when inside it (the folder can
@@ -131,9 +158,9 @@ class _Service:
     def health(self) -> dict:
         index = self.index
         return {"status": "ok", "items": len(index), "dim": int(index.dim), "model": _model_summary(index.info),
-                "writes_need_token": self.token is not None,
+                "holds_texts": self.holds_texts, "writes_need_token": self.token is not None,
                 "limits": {"max_upload_mb": round(self.max_upload / 2**20, 3), "max_pixels": self.max_pixels,
-                           "max_top_k": MAX_TOP_K},
+                           "max_top_k": MAX_TOP_K, "max_text_chars": self.max_text_chars},
                 "batching": {"enabled": self.batcher is not None, "max_wait_ms": self.batch_wait_ms,
                              "max_batch": self.batcher.max_batch if self.batcher is not None else 1,
                              "model_calls": self.model_calls}}
@@ -266,6 +293,51 @@ async def _read_form(request: Request, service: _Service, *, fields: int) -> tup
         await form.close()
 
 
+async def _read_text_request(request: Request, service: _Service, *, fields: int) -> dict[str, Any]:
+    """The fields of a text request: a JSON object, or a form (urlencoded or multipart without files)."""
+    content_type = request.headers.get("content-type", "").lower()
+    if content_type.startswith("application/json"):
+        body = await request.body()
+        if len(body) > service.max_upload:
+            raise ApiError(413, f"the request body is larger than the server's limit of "
+                                f"{service.max_upload / 2**20:.4g} MB.")
+        import json
+
+        try:
+            value = json.loads(body or b"null")
+        except ValueError as exc:
+            raise ApiError(400, f"the body is not valid JSON ({exc}); send e.g. {{\"text\": \"red heart\", "
+                                "\"top_k\": 5}.") from None
+        if not isinstance(value, dict):
+            raise ApiError(422, "the JSON body must be an object such as {\"text\": \"red heart\", \"top_k\": 5}.")
+        return {k: (str(v) if k == "top_k" and v is not None else v) for k, v in value.items()}
+    if content_type.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+        try:
+            form = await request.form(max_files=1, max_fields=fields)
+        except HTTPException:
+            raise
+        except Exception as exc:
+            raise ApiError(400, f"the form could not be parsed ({exc}).") from None
+        try:
+            out = {}
+            for key, value in form.multi_items():
+                if not isinstance(value, str):
+                    if service.holds_texts:
+                        raise ApiError(415, f"this index holds texts: send the query in the field 'text', not a "
+                                            f"file (field {key!r}).")
+                    raise ApiError(422, f"{key!r} must be a text field.")
+                out[key] = value
+            return out
+        finally:
+            await form.close()
+    if service.holds_texts:
+        raise ApiError(400, f"send the text as JSON ({{\"text\": \"...\"}}) or as a form field 'text' (got "
+                            f"Content-Type {content_type or 'none'!r}); e.g. curl -d text='red heart' "
+                            f"{request.url.path}")
+    raise ApiError(400, f"send the image as multipart/form-data with the field 'file' (got Content-Type "
+                        f"{content_type or 'none'!r}); e.g. curl -F file=@photo.jpg {request.url.path}")
+
+
 def _parse_top_k(value: str | None) -> int:
     if value is None or value == "":
         return 5
@@ -291,8 +363,20 @@ def _add_routes(app: FastAPI, service: _Service) -> None:
 
     @app.post("/search")
     async def search(request: Request) -> dict:
-        """Multipart ``file`` (an image) and optional ``top_k`` -> the nearest items."""
+        """Multipart ``file`` (an image) and optional ``top_k`` -> the nearest items; for an index of texts a
+        ``text`` field (JSON body or form) instead of the file."""
         started = time.perf_counter()
+        if service.holds_texts:
+            fields = await _read_text_request(request, service, fields=8)
+            text = service.check_text(fields.get("text"))
+            top_k = _parse_top_k(fields.get("top_k", request.query_params.get("top_k")))
+
+            def work() -> list:
+                hits = index.search(service.embed(text), top_k=service.top_k(top_k))[0]
+                return [service.result(hit) for hit in hits]
+
+            results = await run_in_threadpool(work)
+            return {"results": results, "took_ms": round((time.perf_counter() - started) * 1000, 2)}
         data, fields = await _read_form(request, service, fields=8)
         top_k = _parse_top_k(fields.get("top_k", request.query_params.get("top_k")))
 
@@ -326,12 +410,21 @@ def _add_routes(app: FastAPI, service: _Service) -> None:
         """An item's manifest row."""
         row = {key: _json_value(value) for key, value in dict(index.get(item_id)).items()}
         row.pop("id", None)
-        return {"id": item_id, **row, "image": _image_url(item_id)}
+        return {"id": item_id, **row, "image": None if service.holds_texts else _image_url(item_id)}
 
     @app.post("/items", status_code=201)
     async def add_item(request: Request) -> JSONResponse:
         """Multipart ``file`` plus optional ``id`` and manifest fields -> 201 {"id"}; durable when answered."""
         service.check_token(request)
+        if service.holds_texts:
+            fields = await _read_text_request(request, service, fields=64)
+            text = service.check_text(fields.pop("text", None))
+            item_id = str(fields.pop("id", "") or "").strip() or None
+            for key in fields:
+                if key in _RESERVED_FIELDS:
+                    raise ApiError(422, f"the field {key!r} cannot be set on a text item.")
+            new_id = await run_in_threadpool(_add_text, service, text, item_id, fields)
+            return JSONResponse({"id": new_id}, status_code=201, headers={"Location": f"/items/{quote(new_id)}"})
         data, fields = await _read_form(request, service, fields=64)
         item_id = fields.pop("id", "").strip() or None
         for key in fields:
@@ -384,4 +477,17 @@ def _add(service: _Service, data: bytes, item_id: str | None, fields: dict[str, 
         except BaseException:
             path.unlink(missing_ok=True)
             raise
+    return item_id
+
+
+def _add_text(service: _Service, text: str, item_id: str | None, fields: dict[str, Any]) -> str:
+    """Adds a text item (its manifest row holds the text); durable when it returns."""
+    embedding = service.embed(text)
+    item_id = item_id or f"text-{uuid.uuid4().hex[:16]}"
+    rows = [{"text": text, **{k: _json_value(v) for k, v in fields.items()}}]
+    with service.write_lock:
+        if item_id in service.index:
+            raise ApiError(409, f"an item with id {item_id!r} exists already; choose another id, or leave 'id' "
+                                f"out and the server generates one.")
+        service.index.add([item_id], embedding, rows=rows)
     return item_id

@@ -17,12 +17,13 @@ __all__ = ["SERVE_DEFAULTS", "parse_serve_options", "serve", "add_serve_subcomma
 
 TOKEN_ENV = "LOOKALIKE_TOKEN"
 SERVE_DEFAULTS: dict[str, Any] = {"host": "127.0.0.1", "port": 8000, "max_upload_mb": 10.0,
-                                  "max_pixels": 40_000_000, "batch_wait_ms": 5.0, "max_batch": 32,
+                                  "max_pixels": 40_000_000, "max_text_chars": 2000, "batch_wait_ms": 5.0, "max_batch": 32,
                                   "device": "cpu", "threads": 0, "log_level": "info"}
 
 _EXAMPLES = """examples:
   lookalike serve runs/2024-05-01_10-00-00/index                 # http://127.0.0.1:8000/ (the web page)
   lookalike serve my_index port=9000 max_upload_mb=20
+  lookalike serve runs/texts/index                               # an index of texts: the page has a text box
   LOOKALIKE_TOKEN=s3cret lookalike serve my_index host=0.0.0.0   # writes need 'Authorization: Bearer s3cret'"""
 
 
@@ -45,7 +46,7 @@ def parse_serve_options(items: Sequence[str]) -> dict[str, Any]:
         raise ConfigError(f"serve: port={options['port']} is not a port number (0-65535).")
     if options["threads"] < 0:
         raise ConfigError(f"serve: threads must be >= 0 (0 = torch's default), got {options['threads']}.")
-    for key in ("max_upload_mb", "max_pixels", "max_batch"):
+    for key in ("max_upload_mb", "max_pixels", "max_text_chars", "max_batch"):
         if options[key] <= 0:
             raise ConfigError(f"serve: {key} must be positive, got {options[key]}.")
     if options["batch_wait_ms"] < 0:
@@ -70,7 +71,8 @@ def serve(index_dir: str | Path, **options: Any) -> None:
     index = open_index(index_dir, device=opts["device"])
     token = os.environ.get(TOKEN_ENV) or None
     app = create_app(index, token=token, max_upload_mb=opts["max_upload_mb"], max_pixels=opts["max_pixels"],
-                     batch_wait_ms=opts["batch_wait_ms"], max_batch=opts["max_batch"])
+                     batch_wait_ms=opts["batch_wait_ms"], max_batch=opts["max_batch"],
+                     max_text_chars=opts["max_text_chars"])
     where = f"http://{opts['host']}:{opts['port']}/"
     print(f"serving {len(index)} items of {index_dir} at {where} (writes "
           f"{'need the token in ' + TOKEN_ENV if token else 'are open: set ' + TOKEN_ENV + ' to require a token'})",
@@ -93,6 +95,7 @@ def add_serve_subcommand(subparsers) -> None:
     p.add_argument("index_dir", help="an index folder written by 'lookalike index'")
     p.add_argument("options", nargs="*", metavar="KEY=VALUE",
                    help="host (default 127.0.0.1), port (8000), max_upload_mb (10), max_pixels (40000000), "
+                        "max_text_chars (2000; an index of texts), "
                         "batch_wait_ms (5), max_batch (32; 1 = no micro-batching), device (cpu), threads (torch threads; 0 = "
                         "torch's default), log_level (info)")
     p.set_defaults(handler=_run_serve)

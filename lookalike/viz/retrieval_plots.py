@@ -29,6 +29,8 @@ __all__ = ["load_image_array", "plot_retrieval", "plot_worst_queries", "GREEN", 
 GREEN, RED, BLUE, BLACK = "#1a9641", "#d7191c", "#2c7bb6", "#000000"
 #: inches per picture cell
 CELL = 1.7
+#: characters of a text item shown in a cell
+TEXT_CHARS = 120
 
 
 def load_image_array(image: Any) -> np.ndarray:
@@ -84,18 +86,39 @@ def _show(ax, image: Any, colour: str, title: str, loader: Callable, dashed: boo
     ax.set_title(title, fontsize=7, color=colour)
 
 
+def _show_text(ax, text: Any, colour: str, title: str, loader: Callable, dashed: bool = False) -> None:
+    """A text item in a framed cell: the text wrapped to the cell (long texts cut with an ellipsis)."""
+    import textwrap
+
+    shown = str(text)
+    shown = shown if len(shown) <= TEXT_CHARS else shown[:TEXT_CHARS - 1] + "\u2026"
+    ax.set_facecolor("#fafafa")
+    ax.text(0.5, 0.5, "\n".join(textwrap.wrap(shown, 18)) or " ", ha="center", va="center", fontsize=7,
+            wrap=True, transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(True)
+        spine.set_edgecolor(colour)
+        spine.set_linewidth(4)
+        if dashed:
+            spine.set_linestyle((0, (3, 1.5)))
+    ax.set_title(title, fontsize=7, color=colour)
+
+
 def plot_retrieval(query_image: Any, retrieved_images: Sequence, is_relevant: Sequence,
                    missed_relevant_images: Sequence | None = None, distances: Sequence | None = None, *,
                    loader: Callable[[Any], Any] = load_image_array, query_titles: Sequence[str] | None = None,
-                   missed_titles: Sequence | None = None) -> Figure:
+                   missed_titles: Sequence | None = None, as_text: bool = False) -> Figure:
     """A figure with one row per query: the query (black frame), its retrieved items left to right (green frame:
     relevant, red: not) and the relevant items it missed (blue dashed frame).
 
     ``query_image`` is one image (then the other arguments describe that one row) or a sequence of them (then
     every other argument holds one sequence per query). Images go through ``loader`` (default: Pillow for
-    paths, tensors and arrays as they are).
+    paths, tensors and arrays as they are). ``as_text``: the items are texts, drawn as wrapped text in each cell.
     """
-    if _is_one_image(query_image):
+    show = _show_text if as_text else _show
+    if isinstance(query_image, str) if as_text else _is_one_image(query_image):
         wrap = lambda x: None if x is None else [x]  # noqa: E731
         queries, retrieved_images, is_relevant = [query_image], [retrieved_images], [is_relevant]
         missed_relevant_images, distances, missed_titles = (wrap(missed_relevant_images), wrap(distances),
@@ -117,15 +140,15 @@ def plot_retrieval(query_image: Any, retrieved_images: Sequence, is_relevant: Se
     axes = figure.subplots(max(n_rows, 1), columns, squeeze=False)
     for row in range(n_rows):
         ax_row = axes[row]
-        _show(ax_row[0], queries[row], BLACK, query_titles[row] if query_titles else "query", loader)
+        show(ax_row[0], queries[row], BLACK, query_titles[row] if query_titles else "query", loader)
         for i, (item, relevant) in enumerate(zip(retrieved_images[row], is_relevant[row])):
             title = f"#{i + 1}"
             if distances is not None:
                 title += f" d={float(distances[row][i]):.3f}"
-            _show(ax_row[1 + i], item, GREEN if relevant else RED, title, loader)
+            show(ax_row[1 + i], item, GREEN if relevant else RED, title, loader)
         for j, item in enumerate(missed_relevant_images[row]):
             title = missed_titles[row][j] if missed_titles else "missed"
-            _show(ax_row[1 + n_top + j], item, BLUE, title, loader, dashed=True)
+            show(ax_row[1 + n_top + j], item, BLUE, title, loader, dashed=True)
         used = {0, *range(1, 1 + len(retrieved_images[row])),
                 *range(1 + n_top, 1 + n_top + len(missed_relevant_images[row]))}
         for c, ax in enumerate(ax_row):
@@ -142,7 +165,8 @@ def plot_retrieval(query_image: Any, retrieved_images: Sequence, is_relevant: Se
 
 def plot_worst_queries(results: RetrievalResults, per_query_metric: torch.Tensor, paths: Any, n: int = 5,
                        top_k: int = 5, *, n_missed: int = 2, loader: Callable[[Any], Any] = load_image_array,
-                       metric_name: str = "metric", sequences: Sequence | None = None) -> Figure:
+                       metric_name: str = "metric", sequences: Sequence | None = None, as_text: bool = False
+                       ) -> Figure:
     """`plot_retrieval` of the ``n`` queries with the lowest ``per_query_metric``, each with its ``top_k`` and
     ``n_missed`` missed items. Ties go to the query with fewer relevant items among its retrieved ones, then to
     the one whose wrong first answer is closest (the most confident mistake); queries without a relevant gallery
@@ -150,7 +174,7 @@ def plot_worst_queries(results: RetrievalResults, per_query_metric: torch.Tensor
 
     ``paths[i]`` is the image of dataset index i (a list, array or mapping of paths or tensors), like
     ``results.query_ids`` / ``gallery_ids``. ``sequences`` (by dataset index) keeps same-sequence items out of
-    the missed ones, as in the metrics.
+    the missed ones, as in the metrics. ``as_text``: ``paths`` holds texts, drawn as text.
     """
     tie_breakers = (results.is_relevant.sum(1), results.distances[:, 0])
     rows = worst_queries(per_query_metric, n, has_relevant(results), tie_breakers).tolist()
@@ -178,5 +202,5 @@ def plot_worst_queries(results: RetrievalResults, per_query_metric: torch.Tensor
         queries.append(paths[q_id])
         q_titles.append(f"query {q_id}\n{metric_name}={float(per_query_metric[q]):.2f}")
     figure = plot_retrieval(queries, retrieved, relevant, missed, dists, loader=loader, query_titles=q_titles,
-                            missed_titles=m_titles)
+                            missed_titles=m_titles, as_text=as_text)
     return figure

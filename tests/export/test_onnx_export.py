@@ -97,7 +97,10 @@ FAMILIES = {
 def test_every_extractor_family_exports_and_passes_parity(family, tmp_path):
     from lookalike.pipelines.registry import EXTRACTORS_REGISTRY
 
-    assert set(EXTRACTORS_REGISTRY.names()) <= {f.split("_")[0] if f.startswith("timm") else f for f in FAMILIES}
+    # text extractors are refused by export with one message (tests/pipelines/test_texts_pipelines.py)
+    image_names = {n for n in EXTRACTORS_REGISTRY.names()
+                   if not EXTRACTORS_REGISTRY.entry(n).target.endswith(":TextExtractor")}
+    assert image_names <= {f.split("_")[0] if f.startswith("timm") else f for f in FAMILIES}
     torch.manual_seed(0)
     model = FAMILIES[family]()
     path = to_onnx(model, tmp_path / "m.onnx", image_size=SIZE, parity_samples=16, verbose=False, **STATS)

@@ -12,6 +12,7 @@ import torch.multiprocessing as mp
 
 from lookalike.errors import LookalikeError
 from lookalike.metrics import EmbeddingMetrics, evaluate_embeddings
+from lookalike.retrieval import ExactSearch
 
 
 def data(n: int = 80, seed: int = 0):
@@ -107,3 +108,46 @@ def test_map_at_r_searches_deep_enough():
     overall = metrics.compute()["OVERALL"]
     assert metrics.last_results.k == int(torch.bincount(labels[is_gallery]).max())
     assert set(overall) == {"cmc", "map_at_r", "r_precision", "n_queries", "n_queries_without_relevant"}
+
+
+def test_accumulated_batches_are_not_copied_twice():
+    # batches that are consecutive slices of one table are searched as one view of it (no copy); other batches
+    # are joined once, and a second compute() reuses the joined tensor with the same result
+    from lookalike.metrics.embedding_metrics import _join
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(100, 8, generator=gen)
+    joined = _join([x[:30], x[30:70], x[70:]])
+    assert joined.data_ptr() == x.data_ptr() and torch.equal(joined, x)
+    parts = [torch.randn(5, 8, generator=gen) for _ in range(3)]
+    expected = torch.cat(parts)
+    joined = _join(parts)
+    assert torch.equal(joined, expected) and len(parts) == 1 and parts[0] is joined
+
+    labels = torch.arange(100) % 20
+    is_query = torch.arange(100) % 4 == 0
+    is_gallery = ~is_query | (torch.arange(100) % 8 == 0)  # scattered gallery rows: searched without a copy
+    metrics = EmbeddingMetrics(cmc_top_k=(1, 3), precision_top_k=(3,), map_top_k=(3,), distance="euclidean")
+    for a in range(0, 100, 30):
+        metrics.update(x[a : a + 30].clone(), labels[a : a + 30], is_query[a : a + 30], is_gallery[a : a + 30],
+                       torch.arange(a, min(a + 30, 100)))
+    first = metrics.compute()
+    results = metrics.last_results
+    assert metrics.compute() == first and metrics.last_results == results
+    expected = evaluate_embeddings(x, labels, is_query, is_gallery, cmc_top_k=(1, 3), precision_top_k=(3,),
+                                   map_top_k=(3,), distance="euclidean")
+    assert first == expected
+    # the same search on copied gallery rows
+    q, g = x[is_query], x[is_gallery]
+    keys = (is_query.nonzero().squeeze(1), is_gallery.nonzero().squeeze(1))
+    d, i = ExactSearch("euclidean").search(q, g, 3, exclude=keys)
+    assert torch.equal(results.retrieved_ids, i) and torch.equal(results.distances, d)
+
+
+def test_join_of_single_rows_and_empty_batches():
+    from lookalike.metrics.embedding_metrics import _join
+
+    x = torch.arange(12.0).view(6, 2)
+    assert torch.equal(_join([x[0:1], x[1:1], x[1:4], x[4:6]]), x)
+    assert torch.equal(_join([x[0:1], x[1:2]]), x[:2])
+    assert torch.equal(_join([torch.empty(0, 2), x[:3], x[3:].clone()]), x)

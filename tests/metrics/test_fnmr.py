@@ -200,3 +200,46 @@ def test_thresholds_are_the_negative_quantiles():
         assert found[f]["threshold"] == float(np.quantile(neg, f))
         assert found[f]["fnmr"] == float((pos > np.quantile(neg, f)).mean())
         assert (found[f]["n_positive"], found[f]["n_negative"]) == (len(pos), len(neg))
+
+
+def tied_set(seed=0, n=400):
+    """random_set with every fourth item a copy of another one (exact ties among positives and negatives)."""
+    emb, labels, is_query, is_gallery, sequences = random_set(seed=seed, n=n)
+    emb[::4] = emb[1::4][: len(emb[::4])]
+    return emb, labels, is_query, is_gallery, sequences
+
+
+@pytest.mark.parametrize("distance", ["cosine", "euclidean", "inner_product"])
+@pytest.mark.parametrize("sample_pairs", [500, 1 << 22])
+def test_one_pass_equals_canonical_full_matrix(monkeypatch, distance, sample_pairs):
+    # the one-pass path (sampled bands, one pass, canonical keys near each order statistic) must give exactly
+    # the full canonical matrix's answer; it must not need the two-pass fallback on these data
+    emb, labels, is_query, is_gallery, sequences = tied_set(seed=7)
+    as_ids = [None if s < 0 else f"seq{s}" for s in sequences]
+    monkeypatch.setattr(fnmr, "_ONE_PASS_MIN_PAIRS", 0)
+    monkeypatch.setattr(fnmr, "_SAMPLE_PAIRS", sample_pairs)
+    monkeypatch.setattr(fnmr, "_two_passes", lambda *a: pytest.fail("fell back to two passes"))
+    for seq_ids, seq_codes in ((None, None), (as_ids, sequences)):
+        ours = fnmr_at_fmr(emb, labels, is_query, is_gallery, FMRS, sequences=seq_ids, distance=distance,
+                           query_chunk_size=64, gallery_chunk_size=96)
+        assert ours == canonical_reference(emb, labels, is_query, is_gallery, FMRS, distance, seq_codes)
+
+
+def test_one_pass_falls_back_when_a_band_misses(monkeypatch):
+    # bands of zero width (a sample that is badly wrong) make every rank miss: the two-pass path answers
+    emb, labels, is_query, is_gallery, _ = tied_set(seed=8)
+    expected = canonical_reference(emb, labels, is_query, is_gallery, FMRS)
+    monkeypatch.setattr(fnmr, "_ONE_PASS_MIN_PAIRS", 0)
+    monkeypatch.setattr(fnmr, "_Z", 0.0)
+    monkeypatch.setattr(fnmr, "_sample_bands", lambda pairs, fractions: [fnmr._Band(5.0, 5.0) for _ in fractions])
+    assert fnmr_at_fmr(emb, labels, is_query, is_gallery, FMRS) == expected
+
+
+@pytest.mark.parametrize("with_sequences", [False, True])
+def test_negative_count_counts_the_masked_blocks(with_sequences):
+    emb, labels, is_query, is_gallery, sequences = tied_set(seed=9)
+    seq = torch.from_numpy(sequences) if with_sequences else None
+    pairs = PairStream(emb, torch.from_numpy(labels), torch.from_numpy(is_query), torch.from_numpy(is_gallery), seq,
+                       "cosine", 50, 70)
+    counted = sum(int((~torch.isnan(keys)).sum()) for _, _, keys, _ in pairs.blocks())
+    assert pairs.negative_count() == counted

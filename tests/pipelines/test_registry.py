@@ -45,6 +45,9 @@ def _call(block: str, component, tmp_path) -> None:
 
         out = component(tv_tensors.Image(torch.randint(0, 256, (3, 40, 30), dtype=torch.uint8)))
         assert out.shape == (3, 32, 32) and out.dtype == torch.float32 or out.shape[0] == 3
+    elif block == "extractor" and getattr(component, "modality", "image") == "text":
+        out = component.eval()(component.encode(["hello world", "dog"]))
+        assert out.shape == (2, component.feat_dim) and torch.isfinite(out).all()
     elif block == "extractor":
         out = component.eval()(torch.rand(2, 3, 32, 32))
         assert out.shape == (2, component.feat_dim) and torch.isfinite(out).all()
@@ -97,6 +100,10 @@ def test_every_registry_entry_builds_and_runs(block, name, tmp_path, monkeypatch
     if block == "scheduler":
         opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)
         context["optimizer"] = opt
+    if (block, name) == ("extractor", "text_transformer"):  # a tiny local model folder, not the 90 MB package
+        from tests.texts_support import make_tiny_text_model
+
+        args["model_path"] = str(make_tiny_text_model(tmp_path / "tiny_bert"))
     if (block, name) == ("postprocessor", "pairwise"):  # needs a saved pairwise model: the smallest there is
         from lookalike.models.pairwise import EmbeddingPairClassifier, save_pairwise_model
 

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from lookalike.errors import LookalikeError
-from lookalike.retrieval import ExactSearch, Exclusion
+from lookalike.retrieval import ExactSearch, Exclusion, pair_distances
 from lookalike.retrieval.bounds import U_BF16_OUT, ScreeningBounds
 
 INF = float("inf")
@@ -249,3 +249,64 @@ def test_a_cached_gallery_gives_the_same_results_bit_for_bit(distance, precision
     d0, i0 = plain.search(q[:1], g, 3)
     d1, i1 = cached.search(q[:1], g, 3)
     assert torch.equal(d0, d1) and torch.equal(i0, i1) and int(i1[0, 0]) == 5
+
+
+@pytest.mark.parametrize("distance", ["cosine", "inner_product", "euclidean"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_gallery_rows_equal_a_copied_gallery_with_ties(distance, precision):
+    # rows of a table searched in place (scattered rows, a contiguous run, a bool mask) give exactly what the
+    # copied rows give, ties (duplicated rows) and exclusions included; the scattered case reads a RowSubset
+    gen = torch.Generator().manual_seed(5)
+    base = torch.randn(60, 12, generator=gen)
+    x = torch.cat([base, base[:40], base[:20]])  # every row of base[:20] three times: exact ties
+    q = x[torch.randperm(len(x), generator=gen)[:50]]
+    scattered = torch.randperm(len(x), generator=gen)[:90].sort().values
+    for rows in (scattered, torch.arange(30, 110), torch.arange(len(x)) % 3 != 0):
+        g = x[rows]
+        keys = (torch.arange(len(q)) % 7, torch.arange(len(g)) % 5)
+        s = ExactSearch(distance, query_chunk_size=16, gallery_chunk_size=32, precision=precision)
+        d_rows, i_rows = s.search(q, x, 9, exclude=keys, gallery_rows=rows)
+        d_copy, i_copy = s.search(q, g, 9, exclude=keys)
+        assert torch.equal(i_rows, i_copy) and torch.equal(d_rows, d_copy)
+        # reference: every pair's float64 distance (per pair, so duplicated rows tie exactly), sorted by
+        # (distance, index)
+        qq, gg = torch.meshgrid(torch.arange(len(q)), torch.arange(len(g)), indexing="ij")
+        D = pair_distances(q, g, qq.reshape(-1), gg.reshape(-1), distance).view(len(q), len(g)).double()
+        D = D.masked_fill(keys[0][:, None] == keys[1][None, :], INF)
+        order = torch.sort(D, dim=1, stable=True).indices[:, :9]
+        assert torch.equal(i_rows, order) and torch.equal(d_rows.double(), D.gather(1, order))
+
+
+def test_gallery_rows_are_checked():
+    x = torch.randn(10, 4)
+    with pytest.raises(LookalikeError, match="gallery_rows"):
+        ExactSearch().search(x, x, 2, gallery_rows=torch.tensor([0, 10]))
+    with pytest.raises(LookalikeError, match="bool mask"):
+        ExactSearch().search(x, x, 2, gallery_rows=torch.ones(9, dtype=torch.bool))
+
+
+def test_bf16_euclidean_bound_covers_observed_error_and_is_as_tight_as_cosine():
+    # the screening score 2 s - |g|^2 computed as _screen does (bf16 product, fp32 addition) stays within the
+    # bound for every pair, including wide norm ranges; for unit vectors the bound is about twice cosine's (the
+    # squared distance is 2 - 2 cos), not the global worst case of the largest product
+    gen = torch.Generator().manual_seed(11)
+    d = 384
+    for scale in (torch.ones(600), torch.logspace(-2, 2, 600)):
+        x = F.normalize(torch.randn(600, d, generator=gen), dim=1) * scale[torch.randperm(600, generator=gen), None]
+        q, g = x[:100], x[100:]
+        prep = ScreeningBounds(q, g, "euclidean", "bf16")
+        T = torch.mm(q.bfloat16(), g.bfloat16().T)
+        S = torch.add(prep.neg_gsq, T, alpha=2)
+        ideal = 2 * (q.double() @ g.double().T) - g.double().square().sum(1)
+        lower = prep.lower_bound(torch.arange(len(q)), S, "bf16")  # of the squared distance
+        true_key = q.double().square().sum(1)[:, None] - ideal
+        assert bool((true_key >= lower).all())
+        assert float(((S.double() - ideal).abs() / (prep.q_norm[:, None].square() - S.double() - lower)).max()) > 0.02
+    unit = F.normalize(torch.randn(600, d, generator=gen), dim=1)
+    e_prep = ScreeningBounds(unit[:100], unit[100:], "euclidean", "bf16")
+    c_prep = ScreeningBounds(unit[:100], unit[100:], "cosine", "bf16")
+    s = torch.full((100,), 0.3)  # a near neighbour's cosine in high dimension
+    qpos = torch.arange(100)
+    e_margin = e_prep.q_norm.square() - (2 * s - 1).double() - e_prep.lower_bound(qpos, 2 * s - 1, "bf16")
+    c_margin = 1 - s.double() - c_prep.lower_bound(qpos, s, "bf16")
+    assert bool((e_margin <= 2.2 * c_margin).all()), (e_margin.max(), c_margin.max())

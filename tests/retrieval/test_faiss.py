@@ -94,3 +94,13 @@ def test_make_backend_parses_specs():
         make_backend(own, "euclidean")
     with pytest.raises(LookalikeError, match="factory string after"):
         make_backend("faiss:")
+
+
+def test_gallery_rows_are_copied_for_faiss():
+    # faiss builds its own index: gallery_rows give it a copy of the rows, with the same answer
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(200, 16, generator=gen)
+    rows = torch.arange(200) % 3 != 1
+    d, i = FaissSearch("Flat", "euclidean").search(x[:20], x, 5, gallery_rows=rows)
+    d2, i2 = FaissSearch("Flat", "euclidean").search(x[:20], x[rows], 5)
+    assert torch.equal(i, i2) and torch.equal(d, d2)

@@ -1,0 +1,53 @@
+"""Trainer options: a bf16 precision on a CPU without bf16 units trains in fp32 (emulated bf16 is far slower)."""
+
+import pytest
+import torch
+
+import lookalike.retrieval.bounds as bounds
+from lookalike.pipelines.trainer import trainer_kwargs
+
+CFG = {"accelerator": "cpu", "devices": 1, "strategy": "auto", "progress_bar": False}
+
+
+@pytest.mark.parametrize("native, expected", [(False, "32-true"), (True, "bf16-mixed")])
+def test_bf16_on_cpu_follows_the_hardware(monkeypatch, capsys, native, expected):
+    monkeypatch.setattr(bounds, "native_bf16_matmul", lambda: native)
+    assert trainer_kwargs({**CFG, "precision": "bf16-mixed"})["precision"] == expected
+    assert ("no bf16 units" in capsys.readouterr().err) is (not native)
+
+
+def test_other_precisions_are_kept(monkeypatch):
+    monkeypatch.setattr(bounds, "native_bf16_matmul", lambda: False)
+    assert trainer_kwargs({**CFG, "precision": 32})["precision"] == "32-true"
+    assert trainer_kwargs({**CFG, "precision": "64-true"})["precision"] == "64-true"
+
+
+def test_backbone_lr_gives_the_backbone_its_own_group_and_the_scheduler_scales_both():
+    from lookalike.losses import ArcFaceLoss
+    from lookalike.models.extractors import SmallCNNExtractor
+    from lookalike.pipelines.lightning_parts import ExtractorModule
+
+    extractor = SmallCNNExtractor((4, 8), embedding_dim=6)
+    criterion = ArcFaceLoss(6, 3)
+    module = ExtractorModule(extractor, criterion, backbone=extractor.backbone, backbone_lr=1e-5,
+                             optimizer_factory=lambda params: torch.optim.SGD(params, lr=0.1),
+                             scheduler_factory=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5))
+    config = module.configure_optimizers()
+    backbone_group, rest_group = config["optimizer"].param_groups
+    assert {id(p) for p in backbone_group["params"]} == {id(p) for p in extractor.backbone.parameters()}
+    rest = {id(p) for p in rest_group["params"]}
+    assert rest == {id(p) for p in extractor.parameters()} - {id(p) for p in extractor.backbone.parameters()} | {
+        id(p) for p in criterion.parameters()}
+    assert (backbone_group["lr"], rest_group["lr"]) == (1e-5, 0.1)
+    config["optimizer"].step()
+    config["lr_scheduler"].step()
+    assert (backbone_group["lr"], rest_group["lr"]) == (0.5e-5, 0.05)
+
+
+def test_without_backbone_lr_there_is_one_group():
+    from lookalike.models.extractors import SmallCNNExtractor
+    from lookalike.pipelines.lightning_parts import ExtractorModule
+
+    extractor = SmallCNNExtractor((4, 8), embedding_dim=6)
+    module = ExtractorModule(extractor, None, optimizer_factory=lambda params: torch.optim.SGD(params, lr=0.1))
+    assert len(module.configure_optimizers().param_groups) == 1
