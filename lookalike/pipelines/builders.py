@@ -131,7 +131,32 @@ def build_criterion(cfg: Mapping, feat_dim: int, labels, label2category: Mapping
 
 
 def build_optimizer(cfg: Mapping, params):
-    return build_component("optimizer", cfg["optimizer"], params=params)
+    """The optimizer block over ``params``. A torch optimizer with a fused implementation (Adam, AdamW, SGD, ...)
+    uses it unless the block sets ``fused`` or ``foreach``: one kernel over all parameters instead of a Python
+    loop over them (the same update up to float rounding; benchmarks/RESULTS.md, training section)."""
+    params = list(params)
+    spec = cfg["optimizer"]
+    args = dict(spec.get("args") or {})
+    # not under fp16 loss scaling: Lightning's scaler cannot clip the gradients of a fused optimizer
+    fp16 = cfg.get("precision") in (16, "16", "16-mixed")
+    if "fused" not in args and "foreach" not in args and not fp16 and _fusable(spec["name"], params):
+        spec = {**spec, "args": {**args, "fused": True}}
+    return build_component("optimizer", spec, params=params)
+
+
+def _fusable(name: str, params: list) -> bool:
+    """Whether the registered optimizer ``name`` is a torch optimizer taking ``fused`` and every parameter is a
+    floating-point tensor on a CPU or CUDA device (where torch has fused kernels)."""
+    try:
+        fn, _ = REGISTRIES["optimizer"].resolve(name, "optimizer.name")
+    except Exception:  # noqa: BLE001 - the builder reports a bad name with its own message
+        return False
+    if not (isinstance(fn, type) and fn.__module__.startswith("torch.optim")):
+        return False
+    if "fused" not in inspect.signature(fn).parameters:
+        return False
+    tensors = [p for group in params for p in (group["params"] if isinstance(group, dict) else [group])]
+    return bool(tensors) and all(t.device.type in ("cpu", "cuda") and t.is_floating_point() for t in tensors)
 
 
 def build_scheduler(cfg: Mapping, optimizer) -> dict | None:

@@ -147,6 +147,8 @@ SCHEMA: dict[str, Key] = {
            section="training"),
         _k("accelerator", (STR,), "auto", "cpu, gpu, mps or auto", section="training"),
         _k("devices", (INT, STR, INT_LIST), 1, "number of devices, a list of ids, or auto", section="training"),
+        _k("num_nodes", (INT,), 1, "machines (nodes) of a multi-node run, each running `devices` processes; see "
+           "docs/pipelines.md for launching on a cluster", minimum=1, section="training"),
         _k("strategy", (STR,), "auto", "Lightning strategy: auto, ddp, ddp_spawn, ...", section="training"),
         _k("checkpoint", (STR, NULL), None,
            "extractor weights: validate/predict evaluate them, train starts from them (a .ckpt of a run or a "

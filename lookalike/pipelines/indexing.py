@@ -57,10 +57,10 @@ def index(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
     column; default: the dataset CSV) with the config's
     extractor and ``checkpoint`` (a run folder: its best checkpoint) and save a search index into ``index_dir=``
     (default ``<run>/index``) with ``backend=`` (exact, faiss_flat, faiss_ivf, faiss_hnsw) and
-    ``backend_args=``. Other overrides are config keys. Returns the index folder."""
-    from lookalike.index import SearchIndex
-    from lookalike.pipelines.prediction import manifest_of, source_of
-    from lookalike.store import EmbeddingsStore
+    ``backend_args=``. Other overrides are config keys. ``devices: N`` embeds on N processes (see
+    `lookalike.pipelines.sharding`). Returns the index folder."""
+    from lookalike.pipelines.prediction import source_of
+    from lookalike.pipelines.sharding import embed_sharded, start_processes
 
     own, overrides = split_own_options(overrides, INDEX_OPTIONS)
     cfg, source = load_config(config, overrides, pipeline="predict")
@@ -74,22 +74,42 @@ def index(config: Mapping | str | Path | None = None, overrides: Iterable[str] =
     backend_args = own.get("backend_args") or {}
     if not isinstance(backend_args, dict):
         raise ConfigError(f"backend_args: a mapping such as {{M: 32, efSearch: 128}}, got {backend_args!r}.")
+    processes = start_processes(cfg)
+    try:
+        folder = processes.on_main(lambda: _index_folder(cfg, source, own, overrides))
+        images = source_of(cfg)
+        _check_unique_ids(images)
+        embedder, identity = build_embedder(cfg, source, device=processes.device)
+        processes.same_weights(embedder.model)
+        result = embed_sharded(embedder, images, processes, progress=cfg["progress_bar"])
+        return processes.on_main(lambda: _save_index(cfg, source, images, embedder, identity, result, folder,
+                                                     backend, backend_args))
+    finally:
+        processes.close()
+
+
+def _index_folder(cfg: Mapping, source, own: Mapping, overrides: list[str]) -> Path:
     folder = (Path(str(own["index_dir"])).expanduser() if own.get("index_dir")
               else output_folder(cfg, source, "index", overrides))
     folder.mkdir(parents=True, exist_ok=True)
-    folder = folder.resolve()
+    return folder.resolve()
 
-    images = source_of(cfg)
-    _check_unique_ids(images)
-    embedder, identity = build_embedder(cfg, source)
+
+def _save_index(cfg: dict, source, images, embedder, identity: dict, result, folder: Path, backend: str,
+                backend_args: Mapping) -> Path:
+    """Builds the index of the embedded images and saves it (with the extractor's weights when it was used as
+    built, so the index can embed queries); returns the folder."""
+    from lookalike.index import SearchIndex
+    from lookalike.pipelines.prediction import manifest_of
+    from lookalike.store import EmbeddingsStore
+
+    if len(result.rows) == 0:
+        raise DatasetError(f"{images.origin}: none of the {len(images.ids)} images could be read (first error: "
+                           f"{result.failed[0][1] if result.failed else 'none'}); nothing to index.")
     own_weights = None
     if cfg.get("runtime", "torch") == "torch" and not cfg.get("checkpoint"):
         own_weights = _keep_weights(embedder.model, folder)
         cfg["checkpoint"] = str(folder / own_weights)
-    result = embedder.embed_source(images, progress=cfg["progress_bar"])
-    if len(result.rows) == 0:
-        raise DatasetError(f"{images.origin}: none of the {len(images.ids)} images could be read (first error: "
-                           f"{result.failed[0][1] if result.failed else 'none'}); nothing to index.")
     rows = result.rows.tolist()
     manifest = manifest_of(images, rows)
     if own_weights is not None:

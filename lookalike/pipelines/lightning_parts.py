@@ -136,10 +136,12 @@ class ExtractorModule(pl.LightningModule):
         with torch.autocast(device_type=features.device.type, enabled=False):
             loss = self.criterion(features.float(), labels)
         n = len(labels)
-        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+        # several ranks: the logged values are means over all ranks' batches, as one process would log them
+        sync = self.trainer.world_size > 1 if self._trainer is not None else False
+        self.log("loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n, sync_dist=sync)
         for key, value in (getattr(self.criterion, "last_logs", None) or {}).items():
             if key != "loss" and isinstance(value, (int, float)):
-                self.log(f"train/{key}", float(value), on_step=False, on_epoch=True, batch_size=n)
+                self.log(f"train/{key}", float(value), on_step=False, on_epoch=True, batch_size=n, sync_dist=sync)
         optimizer = self.optimizers(use_pl_optimizer=False)
         self.log("lr", float(optimizer.param_groups[0]["lr"]), on_step=True, on_epoch=False, batch_size=n)
         return loss
@@ -147,6 +149,18 @@ class ExtractorModule(pl.LightningModule):
     # --- validation ---------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
         self.metrics.reset()
+        self._same_buffers_on_all_ranks()
+
+    def _same_buffers_on_all_ranks(self) -> None:
+        """Rank 0's buffers (BatchNorm running statistics, which each DDP rank updates from its own batches) on
+        every rank, so that all ranks validate the model rank 0 saves in its checkpoints."""
+        if self._trainer is None or self.trainer.world_size <= 1:
+            return
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            for buffer in self.extractor.buffers():
+                dist.broadcast(buffer, src=0)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         embeddings = self(batch[schema.INPUT_KEY]).float()

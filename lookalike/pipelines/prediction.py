@@ -58,19 +58,31 @@ def predict(config: Mapping | str | Path | None = None, overrides: Iterable[str]
             trust_config: bool = False) -> Path:
     """Embeddings of ``predict_source`` (a CSV with a ``path`` column or a folder; null = the dataset CSV) by
     the extractor with weights ``checkpoint``. Returns the output folder holding the embeddings store (one
-    embedding per manifest row), ``failed.csv`` (if any image failed) and the config. Runs on one device;
+    embedding per manifest row), ``failed.csv`` (if any image failed) and the config. ``devices: N`` (and
+    ``num_nodes``) splits the source over N processes and writes the same store once (`sharding`);
     ``runtime: onnx`` runs the exported file ``onnx_model`` in onnxruntime instead (``lookalike export``).
     ``trust_config``: follow the import paths of a run folder's config (see docs/safety.md)."""
-    import pandas as pd
-
     from lookalike.pipelines.embedders import build_embedder
-    from lookalike.store import EmbeddingsStore
+    from lookalike.pipelines.sharding import embed_sharded, start_processes
 
     overrides = list(overrides)
     cfg, source = load_config(config, overrides, pipeline="predict", trust_config=trust_config)
-    embedder, identity = build_embedder(cfg, source)
-    images = source_of(cfg)
-    result = embedder.embed_source(images, progress=cfg["progress_bar"])
+    processes = start_processes(cfg)
+    try:
+        embedder, identity = build_embedder(cfg, source, device=processes.device)
+        processes.same_weights(embedder.model)
+        images = source_of(cfg)
+        result = embed_sharded(embedder, images, processes, progress=cfg["progress_bar"])
+        return processes.on_main(lambda: _save_predictions(cfg, source, overrides, images, result, identity))
+    finally:
+        processes.close()
+
+
+def _save_predictions(cfg: dict, source, overrides: list[str], images, result, identity: dict) -> Path:
+    """Writes the store, ``failed.csv`` and the config into the predictions folder; returns the folder."""
+    import pandas as pd
+
+    from lookalike.store import EmbeddingsStore
 
     table, ids, rows = images.table, images.ids, result.rows.tolist()
     manifest = manifest_of(images, rows)
@@ -91,7 +103,7 @@ def predict(config: Mapping | str | Path | None = None, overrides: Iterable[str]
         shown = "; ".join(f"{ids[r]}: {e}" for r, e in failed[:5])
         noun = "text(s)" if content_column(images) == schema.TEXT else "image(s)"
         warnings.warn(f"{len(failed)} of {len(table)} {noun} could not be read and have no embedding (listed "
-                      f"in {failed_path}): {shown}{' ...' if len(failed) > 5 else ''}", stacklevel=2)
+                      f"in {failed_path}): {shown}{' ...' if len(failed) > 5 else ''}", stacklevel=3)
     elif failed_path.exists():
         failed_path.unlink()
     save_config(cfg, out_dir / "config.yaml")

@@ -20,12 +20,24 @@ __all__ = ["RUN_DIR_ENV", "launched_rank", "new_run_dir", "resume_target", "save
 RUN_DIR_ENV = "LOOKALIKE_RUN_DIR"
 
 
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name, "")
+    return int(value) if value.isdigit() else None
+
+
 def launched_rank() -> int:
-    """Rank of this process as set by a DDP launcher (0 for the main process or a single process)."""
-    for var in ("RANK", "LOCAL_RANK"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
-    return 0
+    """0 for the main process (or a single process), > 0 for every other process of a distributed run.
+
+    The global rank where the launcher gives it (``RANK``: torchrun and Lightning's children; ``SLURM_PROCID``:
+    srun), else a positive number for a process other than the first of node 0 (Lightning's multi-node variables
+    ``NODE_RANK`` and ``LOCAL_RANK``, each node launched by hand)."""
+    rank = _env_int("RANK")
+    if rank is not None:
+        return rank
+    node, local = _env_int("NODE_RANK") or _env_int("GROUP_RANK") or 0, _env_int("LOCAL_RANK") or 0
+    if node or local:
+        return node * max(1, _env_int("LOCAL_WORLD_SIZE") or 1) + local
+    return _env_int("SLURM_PROCID") or 0
 
 
 def _timestamp() -> str:

@@ -10,7 +10,7 @@ import torch
 
 from lookalike.inference import runnable_precision
 
-__all__ = ["quiet_lightning", "trainer_kwargs"]
+__all__ = ["quiet_lightning", "trainer_kwargs", "several_devices", "several_processes"]
 
 
 def quiet_lightning() -> None:
@@ -44,6 +44,7 @@ def trainer_kwargs(cfg: Mapping) -> dict[str, Any]:
     return {
         "accelerator": cfg["accelerator"],
         "devices": cfg["devices"],
+        "num_nodes": cfg.get("num_nodes", 1),
         "strategy": cfg["strategy"],
         "precision": precision,
         "enable_progress_bar": cfg["progress_bar"],
@@ -51,3 +52,23 @@ def trainer_kwargs(cfg: Mapping) -> dict[str, Any]:
         "num_sanity_val_steps": 0,
         "enable_model_summary": cfg["progress_bar"],
     }
+
+
+def several_devices(devices: Any) -> bool:
+    """Whether a ``devices`` value (a count, a list of ids, a numeric string, -1 or auto) names more than one."""
+    if isinstance(devices, list):
+        return len(devices) > 1
+    if isinstance(devices, int):
+        return devices > 1 or devices == -1
+    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
+        return several_devices(int(devices))
+    if devices == "auto":
+        import torch
+
+        return torch.cuda.device_count() > 1
+    return False
+
+
+def several_processes(cfg: Mapping) -> bool:
+    """Whether the config runs more than one process: several devices per node, or several nodes."""
+    return several_devices(cfg["devices"]) or int(cfg.get("num_nodes", 1)) > 1

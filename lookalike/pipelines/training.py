@@ -21,7 +21,7 @@ from lookalike.pipelines.runs import (
     resume_target,
     save_config,
 )
-from lookalike.pipelines.trainer import quiet_lightning, trainer_kwargs
+from lookalike.pipelines.trainer import quiet_lightning, several_processes, trainer_kwargs
 
 __all__ = ["train", "TrainingInterrupted"]
 
@@ -160,6 +160,9 @@ def _prepare_run_folder(cfg: Mapping, run_dir: Path | None, data) -> _Run:
     )
 
     if run_dir is None:
+        if cfg.get("num_nodes", 1) > 1 and not cfg.get("run_name"):
+            raise ConfigError("run_name: a run on several nodes needs a run_name, so that every node finds the same "
+                              "run folder (on storage all nodes share); set run_name=<name>.")
         run_dir = new_run_dir(cfg)
     is_main = launched_rank() == 0
     if is_main:
@@ -227,23 +230,9 @@ def _training_trainer_kwargs(cfg: Mapping) -> dict:
     if cfg["freeze_backbone_epochs"] > 0 and isinstance(strategy, str) and "find_unused" not in strategy:
         if strategy in ("ddp", "ddp_spawn", "ddp_fork", "ddp_notebook"):
             kwargs["strategy"] = f"{strategy}_find_unused_parameters_true"
-        elif strategy == "auto" and _several_devices(cfg["devices"]):
+        elif strategy == "auto" and several_processes(cfg):
             kwargs["strategy"] = "ddp_find_unused_parameters_true"  # what auto picks for several devices
     return kwargs
-
-
-def _several_devices(devices: Any) -> bool:
-    if isinstance(devices, list):
-        return len(devices) > 1
-    if isinstance(devices, int):
-        return devices > 1 or devices == -1
-    if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():
-        return _several_devices(int(devices))
-    if devices == "auto":
-        import torch
-
-        return torch.cuda.device_count() > 1
-    return False
 
 
 class TrainingInterrupted(KeyboardInterrupt):

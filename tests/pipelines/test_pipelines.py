@@ -205,7 +205,7 @@ def test_ddp_validation_on_two_cpu_processes_equals_one_process(trained, tmp_pat
     proc = subprocess.run(
         [sys.executable, str(script), str(trained["run_dir"]), *common, "run_name=ddp", "devices=2",
          "strategy=ddp"],
-        capture_output=True, text=True, timeout=240,
+        capture_output=True, text=True, timeout=240, env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)),
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line[len("METRICS "):]) for line in proc.stdout.splitlines() if line.startswith("METRICS ")]

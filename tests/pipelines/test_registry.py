@@ -134,3 +134,34 @@ def test_a_vit_takes_its_input_size_from_the_config():
     assert extractor.eval()(torch.rand(1, 3, 64, 64)).shape == (1, 8)
     cfg["extractor"]["args"]["image_size"] = 96  # an explicit value still wins
     assert build_extractor(cfg).eval()(torch.rand(1, 3, 96, 96)).shape == (1, 8)
+
+
+def test_optimizers_use_torchs_fused_kernel_unless_the_block_says_otherwise():
+    import torch
+
+    from lookalike.pipelines.builders import build_optimizer
+
+    def built(block, precision=32):
+        model = torch.nn.Linear(3, 2)
+        return build_optimizer({"optimizer": block, "precision": precision}, model.parameters())
+
+    assert built({"name": "adamw", "args": {"lr": 0.1}}).defaults["fused"] is True
+    assert built({"name": "sgd", "args": {"lr": 0.1}}).defaults["fused"] is True
+    assert not built({"name": "adamw", "args": {"lr": 0.1, "foreach": True}}).defaults["fused"]
+    assert not built({"name": "adamw", "args": {"lr": 0.1, "fused": False}}).defaults["fused"]
+    assert not built({"name": "adamw", "args": {"lr": 0.1}}, precision="16-mixed").defaults["fused"]
+    assert "fused" not in built({"name": "rmsprop", "args": {"lr": 0.1}}).defaults  # torch has no fused RMSprop
+    # the fused update is AdamW's update
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    b.load_state_dict(a.state_dict())
+    fused = build_optimizer({"optimizer": {"name": "adamw", "args": {"lr": 0.1}}, "precision": 32}, a.parameters())
+    loop = torch.optim.AdamW(b.parameters(), lr=0.1, foreach=False)
+    x = torch.randn(8, 4)
+    for _ in range(3):
+        for model, opt in ((a, fused), (b, loop)):
+            opt.zero_grad()
+            model(x).square().sum().backward()
+            opt.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.allclose(p, q, atol=1e-6)
