@@ -164,7 +164,14 @@ def build_scheduler(cfg: Mapping, optimizer) -> dict | None:
     spec = cfg.get("scheduler")
     if spec is None:
         return None
+    before = [group["lr"] for group in optimizer.param_groups]
     scheduler = build_component("scheduler", spec, optimizer=optimizer)
+    after = [group["lr"] for group in optimizer.param_groups]
+    if len(set(before)) > 1 and len(set(after)) == 1:
+        # e.g. one_cycle with one max_lr: every group would run at the same rate, backbone_lr silently lost
+        raise ConfigError(f"scheduler: {spec['name']} sets one learning rate for every parameter group, which "
+                          f"overrides backbone_lr ({cfg.get('backbone_lr')}); give it one value per group, "
+                          "backbone first (e.g. max_lr: [3.0e-4, 1.0e-3]), or set backbone_lr: null.")
     out = {"scheduler": scheduler, "interval": spec["interval"], "frequency": spec["frequency"]}
     if spec.get("monitor"):
         out["monitor"] = spec["monitor"]

@@ -51,3 +51,28 @@ def test_without_backbone_lr_there_is_one_group():
     extractor = SmallCNNExtractor((4, 8), embedding_dim=6)
     module = ExtractorModule(extractor, None, optimizer_factory=lambda params: torch.optim.SGD(params, lr=0.1))
     assert len(module.configure_optimizers().param_groups) == 1
+
+
+def test_a_scheduler_that_overrides_backbone_lr_is_refused():
+    # one_cycle with a scalar max_lr sets every group's lr alike: the backbone would train at the head's rate
+    from lookalike.errors import ConfigError
+    from lookalike.pipelines.builders import build_scheduler
+
+    backbone, head = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+
+    def optimizer():
+        return torch.optim.SGD([{"params": backbone.parameters(), "lr": 1e-5}, {"params": head.parameters()}], lr=0.1)
+
+    def cfg(max_lr):
+        return {"backbone_lr": 1e-5, "scheduler": {"name": "one_cycle", "args": {"max_lr": max_lr, "total_steps": 10},
+                                                   "interval": "step", "frequency": 1}}
+
+    with pytest.raises(ConfigError, match="backbone_lr"):
+        build_scheduler(cfg(0.1), optimizer())
+    opt = optimizer()
+    build_scheduler(cfg([1e-4, 0.1]), opt)  # one max_lr per group: kept
+    assert [group["max_lr"] for group in opt.param_groups] == [1e-4, 0.1]
+    opt = optimizer()
+    build_scheduler({**cfg(0.1), "scheduler": {"name": "cosine", "args": {"T_max": 5}, "interval": "epoch",
+                                                "frequency": 1}}, opt)
+    assert [group["lr"] for group in opt.param_groups] == [1e-5, 0.1]
