@@ -143,7 +143,11 @@ class ExtractorModule(pl.LightningModule):
             if key != "loss" and isinstance(value, (int, float)):
                 self.log(f"train/{key}", float(value), on_step=False, on_epoch=True, batch_size=n, sync_dist=sync)
         optimizer = self.optimizers(use_pl_optimizer=False)
-        self.log("lr", float(optimizer.param_groups[0]["lr"]), on_step=True, on_epoch=False, batch_size=n)
+        # "lr" is the optimizer's own rate (the last group: the head and criterion when backbone_lr splits groups)
+        self.log("lr", float(optimizer.param_groups[-1]["lr"]), on_step=True, on_epoch=False, batch_size=n)
+        if len(optimizer.param_groups) > 1:
+            self.log("lr_backbone", float(optimizer.param_groups[0]["lr"]), on_step=True, on_epoch=False,
+                     batch_size=n)
         return loss
 
     # --- validation ---------------------------------------------------------------------------------

@@ -76,3 +76,19 @@ def test_a_scheduler_that_overrides_backbone_lr_is_refused():
     build_scheduler({**cfg(0.1), "scheduler": {"name": "cosine", "args": {"T_max": 5}, "interval": "epoch",
                                                 "frequency": 1}}, opt)
     assert [group["lr"] for group in opt.param_groups] == [1e-5, 0.1]
+
+
+def test_the_logged_lr_is_the_optimizers_and_the_backbones_is_logged_apart(monkeypatch):
+    from lookalike.losses import ArcFaceLoss
+    from lookalike.models.extractors import SmallCNNExtractor
+    from lookalike.pipelines.lightning_parts import ExtractorModule
+
+    extractor = SmallCNNExtractor((4, 8), embedding_dim=6)
+    module = ExtractorModule(extractor, ArcFaceLoss(6, 3), backbone=extractor.backbone, backbone_lr=1e-5,
+                             optimizer_factory=lambda params: torch.optim.SGD(params, lr=0.1))
+    optimizer = module.configure_optimizers()
+    logged = {}
+    monkeypatch.setattr(module, "optimizers", lambda use_pl_optimizer=True: optimizer)
+    monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.__setitem__(name, float(value.detach()) if isinstance(value, torch.Tensor) else float(value)))
+    module.training_step({"input": torch.randn(4, 3, 16, 16), "label": torch.tensor([0, 1, 2, 0])}, 0)
+    assert (logged["lr"], logged["lr_backbone"]) == (0.1, 1e-5)
