@@ -67,9 +67,8 @@ _MAX_DEPTH = 6
 _ONE_PASS_MIN_PAIRS = 1 << 24
 #: negative pairs in the sample that places the one-pass bands
 _SAMPLE_PAIRS = 1 << 20
-#: band half-width: this many binomial standard deviations of the sampled fraction, plus a relative share
+#: band half-width: this many standard errors of the sampled fraction (see `_sample_bands`)
 _Z = 10.0
-_REL_SPREAD = 0.05
 
 
 def _index(values: Tensor, low: float, width: float) -> Tensor:

@@ -111,10 +111,6 @@ class RowSubset:
             raise TypeError("RowSubset supports slices only; use positions() and index the base")
         return self.base.index_select(0, self.rows[item])
 
-    def block(self, a: int, b: int, out: Tensor | None = None) -> Tensor:
-        """Rows ``a:b`` of the subset as a tensor (written into ``out`` when given)."""
-        return torch.index_select(self.base, 0, self.rows[a:b], out=out) if out is not None else self[a:b]
-
     def positions(self, pos: Tensor) -> Tensor:
         """Row numbers in ``base`` of the subset's positions ``pos``."""
         return self.rows[pos]
