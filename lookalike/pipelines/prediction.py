@@ -36,9 +36,11 @@ def source_of(cfg: Mapping):
 
 
 def content_column(items) -> str:
-    """The column that holds each item: ``text`` for texts, else ``path``."""
-    return schema.TEXT if schema.TEXT in items.table.columns and schema.PATH not in items.table.columns \
-        else schema.PATH
+    """The column that holds each item: ``text`` for a ``TextSource`` (even when its CSV also has a ``path``
+    column), else ``path``."""
+    from lookalike.inference import TextSource
+
+    return schema.TEXT if isinstance(items, TextSource) else schema.PATH
 
 
 def manifest_of(images, rows: list[int]):

@@ -118,3 +118,18 @@ def test_a_text_run_rejects_an_image_csv(text_run, tmp_path):
 def test_the_shipped_texts_config_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="max_lenght"):
         train("texts", ["extractor.args.max_lenght=8", f"output_dir={tmp_path}"])
+
+
+def test_the_items_of_a_text_source_are_its_texts_even_beside_a_path_column():
+    # texts that describe pictures may come with their paths: the text is still the item (manifest, failed.csv)
+    import pandas as pd
+
+    from lookalike.inference import image_source, text_source
+    from lookalike.pipelines.prediction import content_column, manifest_of
+
+    table = pd.DataFrame({"text": ["red heart", "dog face"], "path": ["heart.png", "dog.png"]})
+    texts = text_source(table)
+    assert content_column(texts) == "text"
+    manifest = manifest_of(texts, [1])
+    assert list(manifest.columns) == ["id", "text", "path"] and manifest["text"].tolist() == ["dog face"]
+    assert content_column(image_source(table, root=".")) == "path"
