@@ -93,8 +93,9 @@ def _show_text(ax, text: Any, colour: str, title: str, loader: Callable, dashed:
     shown = str(text)
     shown = shown if len(shown) <= TEXT_CHARS else shown[:TEXT_CHARS - 1] + "\u2026"
     ax.set_facecolor("#fafafa")
+    # parse_math=False: a text is drawn as written ("$5 or $6" is no formula, "$^$" no mathtext error)
     ax.text(0.5, 0.5, "\n".join(textwrap.wrap(shown, 18)) or " ", ha="center", va="center", fontsize=7,
-            wrap=True, transform=ax.transAxes)
+            transform=ax.transAxes, parse_math=False)  # no wrap=True: its width measure parses mathtext
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():

@@ -117,3 +117,14 @@ def test_no_query_to_show():
     results = hand_results().subset(torch.tensor([2]))  # only the query without relevant items
     figure = plot_worst_queries(results, torch.tensor([0.0]), torch.rand(6, 3, 4, 4))
     assert figure.axes[0].texts[0].get_text() == "no query to show"
+
+
+def test_texts_are_drawn_as_written_even_with_dollar_signs():
+    # a text is no mathtext: "$^$" must not raise at draw time, "$5 or $6" must not become a formula
+    import io
+
+    texts = ["x $^$ y", "price $5 or $6", "a $\\frac$ b"]
+    figure = plot_retrieval(texts[0], texts[1:], [True, False], as_text=True)
+    figure.savefig(io.BytesIO(), format="png")
+    drawn = [t for ax in figure.axes for t in ax.texts]
+    assert [t.get_text() for t in drawn] == ["x $^$ y", "price $5 or $6", "a $\\frac$ b"]
