@@ -137,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    tmp = out / "df.csv.tmp"
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    tmp.replace(out / "df.csv")
+    from lookalike.io import write_text_atomic
+
+    write_text_atomic(out / "df.csv", buffer.getvalue())
     for name, value in counts.items():
         print(f"{name}: {value}")
     return 0
