@@ -67,14 +67,8 @@ def _is_one_image(x: Any) -> bool:
     return hasattr(x, "size") and hasattr(x, "mode")  # a PIL image
 
 
-def _show(ax, image: Any, colour: str, title: str, loader: Callable, dashed: bool = False) -> None:
-    try:
-        array = loader(image)
-        ax.imshow(array, cmap="gray" if np.ndim(array) == 2 else None, vmin=0.0, vmax=1.0)
-    except Exception as error:  # a missing or broken image must not lose the whole picture
-        ax.set_facecolor("#eeeeee")
-        ax.text(0.5, 0.5, f"cannot load\n{type(error).__name__}", ha="center", va="center", fontsize=7,
-                transform=ax.transAxes)
+def _frame(ax, colour: str, title: str, dashed: bool) -> None:
+    """A cell's frame (``colour``, dashed for a missed item) and title, without ticks."""
     ax.set_xticks([])
     ax.set_yticks([])
     for spine in ax.spines.values():
@@ -84,6 +78,17 @@ def _show(ax, image: Any, colour: str, title: str, loader: Callable, dashed: boo
         if dashed:
             spine.set_linestyle((0, (3, 1.5)))
     ax.set_title(title, fontsize=7, color=colour)
+
+
+def _show(ax, image: Any, colour: str, title: str, loader: Callable, dashed: bool = False) -> None:
+    try:
+        array = loader(image)
+        ax.imshow(array, cmap="gray" if np.ndim(array) == 2 else None, vmin=0.0, vmax=1.0)
+    except Exception as error:  # a missing or broken image must not lose the whole picture
+        ax.set_facecolor("#eeeeee")
+        ax.text(0.5, 0.5, f"cannot load\n{type(error).__name__}", ha="center", va="center", fontsize=7,
+                transform=ax.transAxes)
+    _frame(ax, colour, title, dashed)
 
 
 def _show_text(ax, text: Any, colour: str, title: str, loader: Callable, dashed: bool = False) -> None:
@@ -96,15 +101,7 @@ def _show_text(ax, text: Any, colour: str, title: str, loader: Callable, dashed:
     # parse_math=False: a text is drawn as written ("$5 or $6" is no formula, "$^$" no mathtext error)
     ax.text(0.5, 0.5, "\n".join(textwrap.wrap(shown, 18)) or " ", ha="center", va="center", fontsize=7,
             transform=ax.transAxes, parse_math=False)  # no wrap=True: its width measure parses mathtext
-    ax.set_xticks([])
-    ax.set_yticks([])
-    for spine in ax.spines.values():
-        spine.set_visible(True)
-        spine.set_edgecolor(colour)
-        spine.set_linewidth(4)
-        if dashed:
-            spine.set_linestyle((0, (3, 1.5)))
-    ax.set_title(title, fontsize=7, color=colour)
+    _frame(ax, colour, title, dashed)
 
 
 def plot_retrieval(query_image: Any, retrieved_images: Sequence, is_relevant: Sequence,
