@@ -97,7 +97,7 @@ def text_source(source: str | os.PathLike | pd.DataFrame | Sequence[str]) -> Tex
     if isinstance(source, pd.DataFrame):
         table, origin = source.copy(), "a table"
     elif isinstance(source, (list, tuple)):
-        table, origin = pd.DataFrame({schema.TEXT: [str(t) for t in source]}), "a list of texts"
+        table, origin = pd.DataFrame({schema.TEXT: list(source)}, dtype=object), "a list of texts"  # None: empty
     else:
         path = Path(source).expanduser()
         if path.is_dir():

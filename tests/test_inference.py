@@ -88,3 +88,10 @@ def test_bf16_autocast_changes_precision_not_results(pictures):
     a, b = plain.embed_source(pictures).embeddings, fast.embed_source(pictures).embeddings
     assert a.dtype == b.dtype == np.float32
     np.testing.assert_allclose(a, b, atol=2e-2)
+
+
+def test_a_missing_text_in_a_list_is_an_empty_text_not_the_word_none():
+    from lookalike.inference import text_problem, text_source
+
+    texts = text_source(["red heart", None]).table["text"].tolist()
+    assert texts == ["red heart", ""] and text_problem(texts[1]) == "empty text"
