@@ -136,7 +136,7 @@ SCHEMA: dict[str, Key] = {
            section="training"),
         _k("backbone_lr", (NUM, NULL), None,
            "learning rate of the extractor's `backbone` (a pretrained start wants it below the new head's); "
-           "null = the optimizer's lr for every parameter", section="training"),
+           "null = the optimizer's lr for every parameter", minimum=0, section="training"),
         _k("gradient_clip_val", (NUM, NULL), None, "clip gradient norm to this value", section="training"),
         _k("accumulate_grad_batches", (INT,), 1,
            "optimizer step every this many batches (gradients summed over them, averaged like DDP ranks)",

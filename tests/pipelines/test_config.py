@@ -108,6 +108,7 @@ def test_choices_and_minimum():
     assert "precision: 'bf16' is not one of" in msg and "did you mean 'bf16-mixed'" in msg
     assert "mode: 'maximum' is not one of 'max', 'min'" in msg
     assert "bs_val: must be >= 1, got 0" in msg
+    assert "backbone_lr: must be >= 0, got -0.001" in problems(minimal(backbone_lr=-1e-3))
 
 
 def test_missing_required_key():
