@@ -55,9 +55,12 @@ def trainer_kwargs(cfg: Mapping) -> dict[str, Any]:
 
 
 def several_devices(devices: Any) -> bool:
-    """Whether a ``devices`` value (a count, a list of ids, a numeric string, -1 or auto) names more than one."""
+    """Whether a ``devices`` value (a count, a list of ids, a numeric string, a string of ids such as "0,1", -1 or
+    auto) names more than one."""
     if isinstance(devices, list):
         return len(devices) > 1
+    if isinstance(devices, str) and "," in devices:  # Lightning's device ids: "0,1" is two devices, "1," one
+        return sum(1 for part in devices.split(",") if part.strip()) > 1
     if isinstance(devices, int):
         return devices > 1 or devices == -1
     if isinstance(devices, str) and devices.strip().lstrip("-").isdigit():

@@ -92,3 +92,12 @@ def test_the_logged_lr_is_the_optimizers_and_the_backbones_is_logged_apart(monke
     monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.__setitem__(name, float(value.detach()) if isinstance(value, torch.Tensor) else float(value)))
     module.training_step({"input": torch.randn(4, 3, 16, 16), "label": torch.tensor([0, 1, 2, 0])}, 0)
     assert (logged["lr"], logged["lr_backbone"]) == (0.1, 1e-5)
+
+
+@pytest.mark.parametrize("devices, several", [(1, False), (2, True), (-1, True), ("2", True), ("1", False),
+                                              ([0], False), ([0, 1], True), ("0,1", True), ("1,", False),
+                                              (" 0 , 1 ", True)])
+def test_several_devices_reads_every_form_lightning_takes(devices, several):
+    from lookalike.pipelines.trainer import several_devices
+
+    assert several_devices(devices) is several
