@@ -167,7 +167,7 @@ def build_scheduler(cfg: Mapping, optimizer) -> dict | None:
     before = [group["lr"] for group in optimizer.param_groups]
     scheduler = build_component("scheduler", spec, optimizer=optimizer)
     after = [group["lr"] for group in optimizer.param_groups]
-    if len(set(before)) > 1 and len(set(after)) == 1:
+    if len(set(before)) > 1 and len(set(after)) == 1 and after[0] != 0:  # (a warm-up from 0 tells nothing)
         # e.g. one_cycle with one max_lr: every group would run at the same rate, backbone_lr silently lost
         raise ConfigError(f"scheduler: {spec['name']} sets one learning rate for every parameter group, which "
                           f"overrides backbone_lr ({cfg.get('backbone_lr')}); give it one value per group, "
