@@ -300,10 +300,10 @@ class Embedder:
                      progress: bool = False) -> Embedded:
         """Every image of ``source`` (see ``image_source``), or every text for a text model (see
         ``text_source``); unreadable images and empty or too long texts land in ``failed``."""
+        if isinstance(source, (ImageSource, TextSource)):  # a source of the other modality: one clear message
+            self._require("image" if isinstance(source, ImageSource) else "text")
         if self.modality == "text":
             return self._embed_text_source(source if isinstance(source, TextSource) else text_source(source))
-        if isinstance(source, TextSource):
-            self._require("text")
         if not isinstance(source, ImageSource):
             source = image_source(source)
         items = _SafeItems(source.table[schema.PATH].tolist(), row_bboxes(source.table), self.transform)

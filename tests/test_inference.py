@@ -95,3 +95,25 @@ def test_a_missing_text_in_a_list_is_an_empty_text_not_the_word_none():
 
     texts = text_source(["red heart", None]).table["text"].tolist()
     assert texts == ["red heart", ""] and text_problem(texts[1]) == "empty text"
+
+
+def test_a_source_of_the_other_modality_is_refused_with_one_message():
+    import pandas as pd
+    import pytest
+    import torch
+
+    from lookalike.errors import DatasetError
+    from lookalike.inference import Embedder, ImageSource, TextSource
+
+    class TextModel(torch.nn.Module):
+        modality = "text"
+
+        def forward(self, batch):
+            return batch["input_ids"].float()
+
+    images = ImageSource(pd.DataFrame({"path": ["/nowhere/a.png"]}), ["a"], "a table")
+    with pytest.raises(DatasetError, match="this model takes texts, not images"):
+        Embedder(TextModel(), device="cpu").embed_source(images)
+    texts = TextSource(pd.DataFrame({"text": ["red heart"]}), ["0"], "a table")
+    with pytest.raises(DatasetError, match="this model takes images, not texts"):
+        Embedder(torch.nn.Identity(), device="cpu").embed_source(texts)
