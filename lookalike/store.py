@@ -23,6 +23,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from lookalike.data import schema
 from lookalike.errors import LookalikeError
 from lookalike.io import atomic_path, sha256_file, write_json_atomic
 
@@ -125,8 +126,9 @@ class EmbeddingsStore:
             raise StoreError(f"embeddings store {folder}: {EMBEDDINGS_FILE} is not a readable .npy array "
                              f"({exc}); write the store again.") from None
         try:
-            manifest = pd.read_csv(folder / MANIFEST_FILE, dtype={ID: str}, keep_default_na=False,
-                                   na_values=[""])
+            # the item columns are read as written: a text "007" or "1e3" (or such a path) is no number
+            manifest = pd.read_csv(folder / MANIFEST_FILE, dtype={ID: str, schema.PATH: str, schema.TEXT: str},
+                                   keep_default_na=False, na_values=[""])
         except (ValueError, OSError, pd.errors.ParserError) as exc:
             raise StoreError(f"embeddings store {folder}: {MANIFEST_FILE} is not a readable CSV ({exc}); write "
                              "the store again.") from None

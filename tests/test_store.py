@@ -70,3 +70,12 @@ def test_missing_and_corrupt_files(tmp_path):
     (tmp_path / "manifest.csv").unlink()
     with pytest.raises(StoreError, match="manifest.csv missing"):
         EmbeddingsStore.load(tmp_path)
+
+
+def test_item_texts_and_paths_come_back_as_written(tmp_path):
+    # the manifest of a text index holds the items themselves: "007" must not come back as the number 7
+    manifest = pd.DataFrame({"id": ["a", "b"], "text": ["007", "1e3"], "path": ["001", "2"], "score": [1, 2]})
+    EmbeddingsStore(np.zeros((2, 4), np.float32), manifest, {}).save(tmp_path / "s")
+    loaded = EmbeddingsStore.load(tmp_path / "s").manifest
+    assert loaded["text"].tolist() == ["007", "1e3"] and loaded["path"].tolist() == ["001", "2"]
+    assert loaded["score"].tolist() == [1, 2]  # other columns keep their inferred types
