@@ -131,8 +131,10 @@ def _read_csv(root: Path, csv: str | os.PathLike, modality: str = "image") -> tu
     except pd.errors.EmptyDataError:
         raise DatasetError(f"{csv_path} is empty; it needs a header line and one row per image") from None
     except UnicodeDecodeError as error:
-        raise DatasetError(f"{csv_path} cannot be parsed as CSV: it is not UTF-8 text ({error.reason} at byte "
-                           f"{error.start}, {_line_of_byte(csv_path, error.start)}); save it as UTF-8") from None
+        at = _first_non_utf8(csv_path)  # pandas' error.start counts from the chunk it was decoding
+        where = f"byte {at}, {_line_of_byte(csv_path, at)}" if at is not None else "a byte"
+        raise DatasetError(f"{csv_path} cannot be parsed as CSV: it is not UTF-8 text ({error.reason} at "
+                           f"{where}); save it as UTF-8") from None
     except (pd.errors.ParserError, pd.errors.ParserWarning, ValueError) as error:
         detail = _field_count_problem(csv_path) or str(error).strip().splitlines()[0]
         raise DatasetError(f"{csv_path} cannot be parsed as CSV ({detail}); check quoting and that every "
@@ -165,6 +167,28 @@ def _resolve_modality(csv_path: Path, table: pd.DataFrame, modality: str) -> str
                            f"columns {', '.join(table.columns)}. Name the column that holds the items 'path' "
                            "(image paths) or 'text' (the texts themselves).")
     return "text" if schema.PATH not in table.columns else "image"
+
+
+def _first_non_utf8(path: Path) -> int | None:
+    """The file offset of the first byte that is not UTF-8 (read in chunks), or None."""
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    try:
+        with open(path, "rb") as file:
+            while chunk := file.read(1 << 20):
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as error:  # error.object = bytes held back from the last chunk + chunk
+                    return offset - (len(error.object) - len(chunk)) + error.start
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError as error:  # a sequence cut off by the end of the file
+        return offset - len(error.object) + error.start
+    except OSError:
+        return None
+    return None
 
 
 def _line_of_byte(path: Path, offset: int) -> str:

@@ -128,3 +128,14 @@ def test_auto_modality_prefers_images_when_both_columns_exist(tmp_path):
     assert summary.images is not None and summary.n_texts is None
     table = load_dataset_table(tmp_path, modality="text")  # a text pipeline reads the text column of the same CSV
     assert table["text"].tolist()[:2] == ["item 0", "item 1"]
+
+
+def test_non_utf8_far_into_a_large_file_names_its_own_line(tmp_path):
+    # pandas decodes in chunks and reports the offset inside the chunk: the line must be the file's
+    lines = ["label,text,split,is_query,is_gallery"] + [f"{i % 50},text number {i},train,," for i in range(40_000)]
+    raw = "\n".join(lines).encode().split(b"\n")
+    raw[30_001] = raw[30_001].replace(b"text", b"te\xfft")  # CSV line 30002
+    (tmp_path / "df.csv").write_bytes(b"\n".join(raw))
+    offset = b"\n".join(raw).index(b"\xff")
+    with pytest.raises(DatasetError, match=rf"at byte {offset}, CSV line 30002\)"):
+        check_dataset(tmp_path)
