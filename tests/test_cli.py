@@ -100,3 +100,14 @@ def test_overrides_may_follow_an_option():
     assert args.items == ["runs/a", "bs_val=8"] and args.trust_config
     with pytest.raises(SystemExit):
         parse_args(build_parser(), ["train", "cfg.yaml", "--resume", "runs/a", "--bogus"])
+
+
+def test_search_items_with_an_equals_sign_that_are_no_option_are_queries():
+    from lookalike.errors import ConfigError
+    from lookalike.pipelines.commands import _options
+
+    allowed = {"top_k": 5, "format": "table"}
+    queries, opts = _options(["1+1=2", "a = b", "photos/x=1.png", "top_k=3", ".hidden=1"], allowed, "search")
+    assert queries == ["1+1=2", "a = b", "photos/x=1.png", ".hidden=1"] and opts["top_k"] == 3
+    with pytest.raises(ConfigError, match="unknown option 'topk'.*did you mean 'top_k'"):
+        _options(["topk=3"], allowed, "search")

@@ -115,20 +115,22 @@ def _run_index(args: argparse.Namespace) -> int:
 
 
 def _options(items: Sequence[str], allowed: dict[str, object], command: str) -> tuple[list[str], dict]:
-    """Positional items and ``key=value`` options (YAML values) of a command with a fixed set of options."""
+    """Positional items and ``key=value`` options (YAML values) of a command with a fixed set of options. An item
+    whose part before ``=`` is no name (a path, a query text such as "1+1=2" or "a = b") is positional."""
     from lookalike.pipelines.config import yaml_load
 
     positional, options = [], dict(allowed)
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or "/" in key or key.startswith("."):
+        if not sep or not key.isidentifier():
             positional.append(item)
             continue
         if key not in allowed:
             from lookalike.errors import suggest
 
             raise ConfigError(f"{command}: unknown option {key!r}{suggest(key, allowed)}; options: "
-                              f"{', '.join(allowed)}.")
+                              f"{', '.join(allowed)} (a query that holds '=' after a single word goes in a CSV "
+                              "file with a text column).")
         options[key] = yaml_load(value)
     return positional, options
 
