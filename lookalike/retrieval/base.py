@@ -7,6 +7,8 @@ than ``k`` gallery items are valid for a query the row is padded with index ``-1
 
 from __future__ import annotations
 
+import weakref
+
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import Any, Union
@@ -83,12 +85,39 @@ def sort_by_distance_then_index(distances: Tensor, indices: Tensor) -> tuple[Ten
     return distances.gather(1, order), indices.gather(1, order)
 
 
-def gallery_key(gallery: Any) -> tuple | None:
+class GalleryKey:
+    """Identity of one live tensor in one state: equal only to a key of the *same* tensor object (held by a weak
+    reference, so a freed tensor's address reused by a new one never matches) with the same storage, shape and
+    in-place version."""
+
+    __slots__ = ("_ref", "_state")
+
+    def __init__(self, tensor: Tensor) -> None:
+        self._ref = weakref.ref(tensor)
+        self._state = (tensor.data_ptr(), tuple(tensor.shape), tensor._version)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, GalleryKey) or self._state != other._state:
+            return False
+        mine = self._ref()
+        return mine is not None and mine is other._ref()
+
+    __hash__ = None  # compared, never used as a dict key
+
+    def __reduce__(self):  # a copied or pickled backend starts without a cached gallery
+        return (_no_key, ())
+
+
+def _no_key() -> None:
+    return None
+
+
+def gallery_key(gallery: Any) -> GalleryKey | None:
     """Identity of a float32 CPU tensor (object, storage, shape, in-place version): what a backend may cache about
     a gallery (its checked copy, norms, a built index) is reused only while this is unchanged."""
     if isinstance(gallery, Tensor) and gallery.dtype == torch.float32 and gallery.is_contiguous() \
             and gallery.device.type == "cpu" and not gallery.is_inference():  # inference tensors have no version
-        return (id(gallery), gallery.data_ptr(), tuple(gallery.shape), gallery._version)
+        return GalleryKey(gallery)
     return None
 
 

@@ -32,6 +32,7 @@ from lookalike.retrieval.base import (
     Exclusion,
     SearchBackend,
     check_distance,
+    GalleryKey,
     gallery_key,
     sort_by_distance_then_index,
 )
@@ -140,7 +141,7 @@ class ExactSearch(SearchBackend):
         #: keep the gallery's norms and screening vectors between searches of the same gallery tensor (an index
         #: searched one query at a time); costs one more copy of the gallery for cosine
         self.cache_gallery = bool(cache_gallery)
-        self._gallery_key: tuple | None = None
+        self._gallery_key: GalleryKey | None = None
         self._gallery_cache: dict = {}
         if precision not in PRECISIONS:
             raise LookalikeError(f"Unknown precision {precision!r}; use one of {', '.join(map(repr, PRECISIONS))}.")

@@ -21,6 +21,7 @@ from lookalike.retrieval.base import (
     as_embeddings,
     check_distance,
     check_k,
+    GalleryKey,
     gallery_key,
     sort_by_distance_then_index,
 )
@@ -65,7 +66,7 @@ class FaissSearch(SearchBackend):
         self.factory, self.nprobe, self.efSearch = factory.strip(), nprobe, efSearch
         self.use_gpu, self.train_size, self.seed = use_gpu, train_size, seed
         self.index: Any = None
-        self._key: tuple | None = None
+        self._key: GalleryKey | None = None
 
     def __repr__(self) -> str:
         return f"FaissSearch(factory={self.factory!r}, distance={self.distance!r})"
@@ -83,7 +84,7 @@ class FaissSearch(SearchBackend):
         self._build(as_embeddings(gallery, "gallery"), gallery_key(gallery))
         return self
 
-    def _build(self, g: Tensor, key: tuple | None) -> None:
+    def _build(self, g: Tensor, key: GalleryKey | None) -> None:
         faiss = import_faiss()
         metric = faiss.METRIC_L2 if self.distance == "euclidean" else faiss.METRIC_INNER_PRODUCT
         try:

@@ -310,3 +310,31 @@ def test_bf16_euclidean_bound_covers_observed_error_and_is_as_tight_as_cosine():
     e_margin = e_prep.q_norm.square() - (2 * s - 1).double() - e_prep.lower_bound(qpos, 2 * s - 1, "bf16")
     c_margin = 1 - s.double() - c_prep.lower_bound(qpos, s, "bf16")
     assert bool((e_margin <= 2.2 * c_margin).all()), (e_margin.max(), c_margin.max())
+
+
+def test_a_new_gallery_at_a_freed_gallerys_address_is_not_taken_for_it():
+    """The cache key of a freed tensor never matches a new tensor that reuses its memory and id."""
+    import copy
+    import pickle
+
+    from lookalike.retrieval.base import gallery_key
+
+    base = torch.randn(64, 8)
+    first = base[torch.arange(32)]
+    key = gallery_key(first)
+    assert key == gallery_key(first)
+    del first
+    reused = [base[torch.arange(32, 64)] for _ in range(4)]  # the allocator hands the freed block out again
+    assert all(gallery_key(t) != key for t in reused)
+    assert copy.deepcopy({"k": key})["k"] is None and pickle.loads(pickle.dumps(key)) is None
+
+
+def test_a_backend_reused_on_a_new_gallery_of_the_same_shape_searches_the_new_one():
+    search = ExactSearch(distance="cosine", cache_gallery=True)
+    q = torch.nn.functional.normalize(torch.randn(5, 8), dim=1)
+    for seed in range(4):
+        g = torch.nn.functional.normalize(torch.randn(40, 8, generator=torch.Generator().manual_seed(seed)), dim=1)
+        got = search.search(q, g, k=3)[1]
+        expected = (q @ g.T).topk(3, dim=1).indices
+        assert torch.equal(got, expected)
+        del g
