@@ -48,6 +48,16 @@ class Processes:
         dist.gather_object(value, out, dst=0)
         return out
 
+    def all_gather(self, value: T) -> list[T]:
+        """Every rank's ``value`` in rank order, on every rank."""
+        if self.world_size == 1:
+            return [value]
+        import torch.distributed as dist
+
+        out: list = [None] * self.world_size
+        dist.all_gather_object(out, value)
+        return out
+
     def on_main(self, work: Callable[[], T]) -> T:
         """``work()`` on rank 0, its result on every rank; an error on rank 0 is raised on every rank (the
         others would otherwise wait for a result forever)."""
@@ -97,7 +107,8 @@ class Processes:
 def start_processes(cfg: Mapping) -> Processes:
     """One process for one device; for several devices or nodes, Lightning Fabric launches the others (children
     re-run the script, so call the pipeline under ``if __name__ == "__main__":`` or from the CLI) and opens the
-    process group (gloo on CPUs, NCCL on GPUs)."""
+    process group (gloo on CPUs, NCCL on GPUs). Embedding always runs one process per device (``ddp``), whatever
+    ``strategy`` a training config names (``ddp_spawn``, ``fsdp``, ... mean nothing for a forward pass)."""
     if not several_processes(cfg):
         return Processes()
     import torch.distributed as dist
@@ -108,7 +119,7 @@ def start_processes(cfg: Mapping) -> Processes:
     quiet_lightning()
     already = dist.is_available() and dist.is_initialized()
     fabric = Fabric(accelerator=cfg["accelerator"], devices=cfg["devices"], num_nodes=cfg.get("num_nodes", 1),
-                    strategy=cfg["strategy"])
+                    strategy="ddp")
     fabric.launch()
     return Processes(fabric.global_rank, fabric.world_size, fabric.device, fabric, owns_group=not already)
 
@@ -136,7 +147,17 @@ def embed_sharded(embedder, images, processes: Processes, progress: bool = False
     # an ImageSource or a TextSource restricted to this rank's rows
     part = replace(images, table=images.table.iloc[rows.start:rows.stop].reset_index(drop=True),
                    ids=images.ids[rows.start:rows.stop])
-    mine = embedder.embed_source(part, progress=progress and processes.is_main)
+    try:
+        mine, error = embedder.embed_source(part, progress=progress and processes.is_main), None
+    except Exception as exc:  # noqa: BLE001 - every rank learns of it below, then each raises
+        mine, error = None, exc
+    errors = processes.all_gather(None if error is None else f"{type(error).__name__}: {error}")
+    if error is not None:
+        raise error
+    failed_rank = next((rank for rank, message in enumerate(errors) if message is not None), None)
+    if failed_rank is not None:  # the other ranks would otherwise wait for its shard until the group times out
+        raise LookalikeError(f"embedding failed on rank {failed_rank}, so rank {processes.rank} stops too: "
+                             f"{errors[failed_rank]}")
     shards = processes.gather((mine.embeddings, mine.rows + rows.start,
                                [(row + rows.start, error) for row, error in mine.failed]))
     if shards is None:

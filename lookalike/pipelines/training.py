@@ -100,6 +100,10 @@ def _build_module(cfg: Mapping, data):
     ):
         raise ConfigError("freeze_backbone_epochs: the extractor has no `backbone` part and the criterion has no "
                           "parameters, so nothing would train while frozen; set freeze_backbone_epochs: 0.")
+    if cfg["backbone_lr"] is not None and backbone is extractor:
+        raise ConfigError(f"backbone_lr: the extractor ({cfg['extractor']['name']}) has no `backbone` part, so its "
+                          "head cannot get another learning rate; set backbone_lr: null (or give the class a "
+                          "`backbone` attribute).")
     return ExtractorModule(
         extractor,
         criterion,

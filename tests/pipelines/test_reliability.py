@@ -224,3 +224,11 @@ def test_every_validation_competes_for_best_and_epochs_count_from_one(dataset, t
     assert validated[ckpt_epoch] == pytest.approx(validated[best_epoch])
     assert json.loads((run / "metrics.json").read_text())["epoch"] == 3
     assert "validation after epoch 3" in capsys.readouterr().out
+
+
+def test_backbone_lr_for_an_extractor_without_a_backbone_is_one_message(dataset, tmp_path):
+    cfg = dict(TRIPLET, extractor={"name": "tests.pipelines.user_parts:NoBackbone", "args": {}}, backbone_lr=1e-5)
+    overrides = [o for o in tiny(dataset, tmp_path) if not o.startswith("extractor=")]
+    with pytest.raises(ConfigError, match=r"backbone_lr: the extractor \(tests.pipelines.user_parts:NoBackbone\) has "
+                                          r"no `backbone` part"):
+        train(cfg, overrides)

@@ -111,3 +111,27 @@ def test_index_on_two_externally_launched_processes_equals_one_process(trained, 
     info = json.loads((tmp_path / "two" / "index.json").read_text())
     assert info["model"]["checkpoint_sha256"] == json.loads((one / "index.json").read_text())["model"][
         "checkpoint_sha256"]
+
+
+class _PeerFailed:
+    """Rank 0 of two, whose peer (rank 1) failed: what the collectives would report."""
+
+    rank, world_size, is_main = 0, 2, True
+
+    def all_gather(self, value):
+        return [value, "RuntimeError: out of memory"]
+
+    def gather(self, value):  # pragma: no cover - must not be reached
+        raise AssertionError("rank 0 waited for the failed rank's shard")
+
+
+def test_an_error_on_another_rank_stops_this_rank_with_its_message():
+    from lookalike.errors import LookalikeError
+    from lookalike.inference import Embedder, text_source
+    from lookalike.pipelines.sharding import embed_sharded
+
+    embedder = Embedder(lambda batch: np.zeros((len(batch), 2), np.float32), None, batch_size=2)
+    source = text_source(["a", "b", "c", "d"])
+    embedder.embed_source = lambda part, progress=False: None  # this rank's part went fine
+    with pytest.raises(LookalikeError, match="embedding failed on rank 1, so rank 0 stops too: RuntimeError: out of"):
+        embed_sharded(embedder, source, _PeerFailed())

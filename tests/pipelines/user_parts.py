@@ -15,3 +15,9 @@ class NoFeatDim(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+
+class NoBackbone(NoFeatDim):
+    """A plain extractor with `feat_dim` but no `backbone` part."""
+
+    feat_dim = 4
