@@ -177,9 +177,9 @@ class ExactSearch(SearchBackend):
             precision = "bf16" if native_bf16_matmul() and nq * ng >= AUTO_BF16_MIN_PAIRS else "fp32"
         self.last_stats["precision"] = precision
         cache = None
-        if self.cache_gallery:
-            key = gallery_key(gallery)
-            if key is None or key != self._gallery_key:
+        key = gallery_key(gallery) if self.cache_gallery else None
+        if key is not None:  # a row subset or a tensor without identity is searched uncached (and not copied)
+            if key != self._gallery_key:
                 self._gallery_key, self._gallery_cache = key, {}
             cache = self._gallery_cache
         prep = ScreeningBounds(q, g, self.distance, precision, cache)

@@ -338,3 +338,19 @@ def test_a_backend_reused_on_a_new_gallery_of_the_same_shape_searches_the_new_on
         expected = (q @ g.T).topk(3, dim=1).indices
         assert torch.equal(got, expected)
         del g
+
+
+def test_a_row_subset_search_keeps_the_whole_gallerys_cache_and_builds_none():
+    search = ExactSearch(distance="cosine", cache_gallery=True)
+    q, g = torch.randn(4, 8), torch.randn(30, 8)
+    whole = search.search(q, g, k=3)
+    cache = search._gallery_cache
+    rows = torch.arange(1, 30, 3)  # not one run of rows: searched as a RowSubset
+    subset = search.search(q, g, k=3, gallery_rows=rows)
+    assert torch.equal(subset[1], search.search(q, g[rows].clone(), k=3)[1])  # same answer as the copied rows
+    search.search(q, g, k=3, gallery_rows=rows)
+    assert search._gallery_cache is not cache  # the copied-rows search above replaced it ...
+    search.search(q, g, k=3)
+    cache = search._gallery_cache
+    search.search(q, g, k=3, gallery_rows=rows)
+    assert search._gallery_cache is cache and torch.equal(search.search(q, g, k=3)[1], whole[1])  # ... a subset does not
