@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from lookalike.errors import LookalikeError
+from lookalike.errors import ArgumentError, LookalikeError
 
 __all__ = [
     "DISTANCES",
@@ -137,7 +137,8 @@ class RowSubset:
 
     def __getitem__(self, item: slice) -> Tensor:
         if not isinstance(item, slice):
-            raise TypeError("RowSubset supports slices only; use positions() and index the base")
+            raise ArgumentError(f"RowSubset supports slices only, got {type(item).__name__}; use positions() and "
+                                "index the base tensor")
         return self.base.index_select(0, self.rows[item])
 
     def positions(self, pos: Tensor) -> Tensor:
