@@ -98,19 +98,25 @@ class ImageDataset(Dataset):
             image = self.transform(image)
         else:
             image = image.as_subclass(torch.Tensor).float().div_(255)
-        item = {
-            schema.INPUT_KEY: image,
-            schema.LABEL_KEY: int(self.labels[index]),
-            schema.INDEX_KEY: index,
-            schema.PATH_KEY: self.paths[index],
-            schema.IS_QUERY_KEY: bool(self.is_query[index]),
-            schema.IS_GALLERY_KEY: bool(self.is_gallery[index]),
-        }
-        if self.categories is not None:
-            item[schema.CATEGORY_KEY] = self.categories[index]
-        if self.sequences is not None:
-            item[schema.SEQUENCE_KEY] = self.sequences[index]
-        return item
+        return item_dict(self, index, image, schema.PATH_KEY, self.paths[index])
+
+
+def item_dict(dataset, index: int, value, source_key: str, source: str) -> dict:
+    """The item dict of row ``index`` of an image or text dataset: its ``input`` and where it came from (``path``
+    or ``text``), with the row's label, query/gallery flags, category and sequence (one layout for both)."""
+    item = {
+        schema.INPUT_KEY: value,
+        schema.LABEL_KEY: int(dataset.labels[index]),
+        schema.INDEX_KEY: index,
+        source_key: source,
+        schema.IS_QUERY_KEY: bool(dataset.is_query[index]),
+        schema.IS_GALLERY_KEY: bool(dataset.is_gallery[index]),
+    }
+    if dataset.categories is not None:
+        item[schema.CATEGORY_KEY] = dataset.categories[index]
+    if dataset.sequences is not None:
+        item[schema.SEQUENCE_KEY] = dataset.sequences[index]
+    return item
 
 
 def train_and_validation_datasets(

@@ -17,7 +17,7 @@ from torch import Tensor
 from torch.utils.data import Dataset, default_collate
 
 from lookalike.data import schema
-from lookalike.data.datasets import _flags
+from lookalike.data.datasets import _flags, item_dict
 from lookalike.errors import DatasetError
 
 __all__ = ["TextDataset", "PadCollate", "pad_ids"]
@@ -89,16 +89,5 @@ class TextDataset(Dataset):
         if index < 0:
             index += len(self)
         ids = self.token_ids[index]
-        item = {
-            schema.INPUT_KEY: {"input_ids": ids, "attention_mask": torch.ones_like(ids)},
-            schema.LABEL_KEY: int(self.labels[index]),
-            schema.INDEX_KEY: index,
-            schema.TEXT_KEY: self.texts[index],
-            schema.IS_QUERY_KEY: bool(self.is_query[index]),
-            schema.IS_GALLERY_KEY: bool(self.is_gallery[index]),
-        }
-        if self.categories is not None:
-            item[schema.CATEGORY_KEY] = self.categories[index]
-        if self.sequences is not None:
-            item[schema.SEQUENCE_KEY] = self.sequences[index]
-        return item
+        return item_dict(self, index, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, schema.TEXT_KEY,
+                         self.texts[index])
