@@ -28,12 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 SECTION = "## Validation metrics at scale (public API)"
 
-
-def peak_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from bench_validation import peak_rss_mib  # noqa: E402 - a sibling script (benchmarks/ is on sys.path)
 
 
 def rss_now_mib() -> float:
