@@ -16,7 +16,7 @@ from lookalike.data import schema
 from lookalike.data.images import BBox, DecodedImageCache, MaxPixels, read_image_array, resolve_max_pixels
 from lookalike.data.validation import load_dataset_table, parse_bool
 
-__all__ = ["ImageDataset", "train_and_validation_datasets", "row_bboxes"]
+__all__ = ["LabelledRows", "ImageDataset", "train_and_validation_datasets", "row_bboxes"]
 
 DEFAULT_CACHE_BYTES = 2 * 1024**3
 
@@ -41,7 +41,45 @@ def _flags(table: pd.DataFrame, column: str) -> np.ndarray:
     return parse_bool(values)[0]  # a table not made by load_dataset_table: "False" must not become True
 
 
-class ImageDataset(Dataset):
+class LabelledRows(Dataset):
+    """The columns every dataset of a table shares (label, query/gallery flags, category, sequence) and the item
+    dict they make; `ImageDataset` and `lookalike.data.texts.TextDataset` add their ``input`` and source."""
+
+    def __init__(self, table: pd.DataFrame) -> None:
+        self.table = table.reset_index(drop=True)
+        self.labels: np.ndarray = self.table[schema.LABEL].to_numpy(dtype=np.int64)
+        self.is_query = _flags(self.table, schema.IS_QUERY)
+        self.is_gallery = _flags(self.table, schema.IS_GALLERY)
+        self.categories: np.ndarray | None = (self.table[schema.CATEGORY].astype(str).to_numpy(dtype=object)
+                                              if schema.CATEGORY in self.table.columns else None)
+        self.sequences: np.ndarray | None = (self.table[schema.SEQUENCE].astype(str).to_numpy(dtype=object)
+                                             if schema.SEQUENCE in self.table.columns else None)
+        self.label_to_category: dict[int, str] | None = (
+            dict(zip(self.labels.tolist(), self.categories.tolist())) if self.categories is not None else None
+        )
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def item(self, index: int, value, source_key: str, source: str) -> dict:
+        """The item dict of row ``index``: its ``input`` and where it came from (``path`` or ``text``), with the
+        row's label, query/gallery flags, category and sequence."""
+        item = {
+            schema.INPUT_KEY: value,
+            schema.LABEL_KEY: int(self.labels[index]),
+            schema.INDEX_KEY: index,
+            source_key: source,
+            schema.IS_QUERY_KEY: bool(self.is_query[index]),
+            schema.IS_GALLERY_KEY: bool(self.is_gallery[index]),
+        }
+        if self.categories is not None:
+            item[schema.CATEGORY_KEY] = self.categories[index]
+        if self.sequences is not None:
+            item[schema.SEQUENCE_KEY] = self.sequences[index]
+        return item
+
+
+class ImageDataset(LabelledRows):
     """Images of a dataset table (as returned by `load_dataset_table`), one item dict per row.
 
     Items: `input` (the transformed image; a float CxHxW tensor in [0, 1] without a transform), `label`,
@@ -54,26 +92,13 @@ class ImageDataset(Dataset):
 
     def __init__(self, table: pd.DataFrame, transform: Callable | None = None, *, cache_images: bool = False,
                  cache_max_bytes: int = DEFAULT_CACHE_BYTES, max_pixels: MaxPixels = "default") -> None:
-        self.table = table.reset_index(drop=True)
+        super().__init__(table)
         self.transform = transform
         self.paths: list[str] = self.table[schema.PATH].astype(str).tolist()
-        self.labels: np.ndarray = self.table[schema.LABEL].to_numpy(dtype=np.int64)
-        self.is_query = _flags(self.table, schema.IS_QUERY)
-        self.is_gallery = _flags(self.table, schema.IS_GALLERY)
-        self.categories: np.ndarray | None = (self.table[schema.CATEGORY].astype(str).to_numpy(dtype=object)
-                                              if schema.CATEGORY in self.table.columns else None)
-        self.sequences: np.ndarray | None = (self.table[schema.SEQUENCE].astype(str).to_numpy(dtype=object)
-                                             if schema.SEQUENCE in self.table.columns else None)
-        self.label_to_category: dict[int, str] | None = (
-            dict(zip(self.labels.tolist(), self.categories.tolist())) if self.categories is not None else None
-        )
         self.bboxes = row_bboxes(self.table)
         self.max_pixels = resolve_max_pixels(max_pixels)
         self.cache = (DecodedImageCache(self.paths, self.bboxes, cache_max_bytes, max_pixels=self.max_pixels)
                       if cache_images else None)
-
-    def __len__(self) -> int:
-        return len(self.table)
 
     def preload(self) -> "ImageDataset":
         """Decode every image into the cache now (no-op without `cache_images`); returns self."""
@@ -98,25 +123,7 @@ class ImageDataset(Dataset):
             image = self.transform(image)
         else:
             image = image.as_subclass(torch.Tensor).float().div_(255)
-        return item_dict(self, index, image, schema.PATH_KEY, self.paths[index])
-
-
-def item_dict(dataset, index: int, value, source_key: str, source: str) -> dict:
-    """The item dict of row ``index`` of an image or text dataset: its ``input`` and where it came from (``path``
-    or ``text``), with the row's label, query/gallery flags, category and sequence (one layout for both)."""
-    item = {
-        schema.INPUT_KEY: value,
-        schema.LABEL_KEY: int(dataset.labels[index]),
-        schema.INDEX_KEY: index,
-        source_key: source,
-        schema.IS_QUERY_KEY: bool(dataset.is_query[index]),
-        schema.IS_GALLERY_KEY: bool(dataset.is_gallery[index]),
-    }
-    if dataset.categories is not None:
-        item[schema.CATEGORY_KEY] = dataset.categories[index]
-    if dataset.sequences is not None:
-        item[schema.SEQUENCE_KEY] = dataset.sequences[index]
-    return item
+        return self.item(index, image, schema.PATH_KEY, self.paths[index])
 
 
 def train_and_validation_datasets(

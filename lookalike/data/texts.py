@@ -10,14 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import default_collate
 
 from lookalike.data import schema
-from lookalike.data.datasets import _flags, item_dict
+from lookalike.data.datasets import LabelledRows
 from lookalike.errors import DatasetError
 
 __all__ = ["TextDataset", "PadCollate", "pad_ids"]
@@ -50,7 +49,7 @@ class PadCollate:
         return {schema.INPUT_KEY: pad_ids(inputs, self.pad_id), **rest}
 
 
-class TextDataset(Dataset):
+class TextDataset(LabelledRows):
     """Texts of a dataset table (column ``text``, as `load_dataset_table(..., modality="text")` returns it), one
     item dict per row. Every text is tokenised once here (one batched call of ``tokenizer``); ``pad_id`` is the
     padding token of `collate_fn` (default: ``tokenizer.pad_id``)."""
@@ -58,21 +57,11 @@ class TextDataset(Dataset):
     modality = "text"
 
     def __init__(self, table: pd.DataFrame, tokenizer: Tokenizer, *, pad_id: int | None = None) -> None:
-        self.table = table.reset_index(drop=True)
-        if schema.TEXT not in self.table.columns:
+        if schema.TEXT not in table.columns:
             raise DatasetError(f"a text dataset needs a {schema.TEXT!r} column; the table has "
-                               f"{', '.join(map(str, self.table.columns))}.")
+                               f"{', '.join(map(str, table.columns))}.")
+        super().__init__(table)
         self.texts: list[str] = self.table[schema.TEXT].astype(str).tolist()
-        self.labels: np.ndarray = self.table[schema.LABEL].to_numpy(dtype=np.int64)
-        self.is_query = _flags(self.table, schema.IS_QUERY)
-        self.is_gallery = _flags(self.table, schema.IS_GALLERY)
-        self.categories: np.ndarray | None = (self.table[schema.CATEGORY].astype(str).to_numpy(dtype=object)
-                                              if schema.CATEGORY in self.table.columns else None)
-        self.sequences: np.ndarray | None = (self.table[schema.SEQUENCE].astype(str).to_numpy(dtype=object)
-                                             if schema.SEQUENCE in self.table.columns else None)
-        self.label_to_category: dict[int, str] | None = (
-            dict(zip(self.labels.tolist(), self.categories.tolist())) if self.categories is not None else None
-        )
         self.token_ids: list[Tensor] = [torch.as_tensor(ids, dtype=torch.int64) for ids in tokenizer(self.texts)]
         if len(self.token_ids) != len(self.texts):
             raise DatasetError(f"the tokenizer returned {len(self.token_ids)} token lists for {len(self.texts)} "
@@ -81,13 +70,10 @@ class TextDataset(Dataset):
             pad_id = getattr(tokenizer, "pad_id", 0)
         self.collate_fn = PadCollate(int(pad_id))
 
-    def __len__(self) -> int:
-        return len(self.table)
-
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         if index < 0:
             index += len(self)
         ids = self.token_ids[index]
-        return item_dict(self, index, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, schema.TEXT_KEY,
+        return self.item(index, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, schema.TEXT_KEY,
                          self.texts[index])
