@@ -102,7 +102,7 @@ class ExtractorModule(pl.LightningModule):
         params = [p for p in self.extractor.parameters()]
         if self.criterion is not None:
             params += [p for p in self.criterion.parameters()]
-        if self.backbone_lr is not None:  # two groups: the (pretrained) backbone at its own lr, the rest at the optimizer's
+        if self.backbone_lr is not None:  # two groups: the (pretrained) backbone at its own lr, the rest the optimizer's
             in_backbone = {id(p) for p in self._backbone[0].parameters()}
             groups = [{"params": [p for p in params if id(p) in in_backbone], "lr": float(self.backbone_lr)},
                       {"params": [p for p in params if id(p) not in in_backbone]}]
