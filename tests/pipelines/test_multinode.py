@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 
 import pytest
@@ -16,7 +15,7 @@ from lookalike.errors import ConfigError
 from lookalike.pipelines import train, validate
 
 from tests.pipelines.conftest import TRIPLET, tiny
-from tests.pipelines.test_pipelines import DDP_TRAIN_SCRIPT, _ddp_overrides, _free_port
+from tests.pipelines.test_pipelines import DDP_TRAIN_SCRIPT, _ddp_overrides, _free_port, run_two_processes
 
 
 def test_two_nodes_on_loopback_train_and_validate_like_one_process(dataset, tmp_path):
@@ -27,16 +26,13 @@ def test_two_nodes_on_loopback_train_and_validate_like_one_process(dataset, tmp_
     script.write_text(DDP_TRAIN_SCRIPT)
     port = _free_port()
     cases = json.dumps([(name, overrides + ["num_nodes=2", "devices=1", "strategy=ddp"])])
-    procs = []
-    for node in range(2):  # no RANK / LOCAL_RANK: each "node" knows only its NODE_RANK, as on a cluster
+    def node_env(node: int, port: int) -> dict:  # no RANK / LOCAL_RANK: a "node" knows only its NODE_RANK
         env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "SLURM_PROCID")}
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), NODE_RANK=str(node), WORLD_SIZE="2",
                    PYTHONPATH=os.pathsep.join(sys.path))
-        procs.append(subprocess.Popen([sys.executable, str(script), cases, str(port + 1)], stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True, env=env))
-    outputs = [p.communicate(timeout=300) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-4000:]
+        return env
+
+    for out in run_two_processes([str(script), cases, str(port + 1)], port, timeout=300, env_for=node_env):
         assert "TRAINED triplet" in out, out[-2000:]
 
     one_overrides, _ = _ddp_overrides(name, dataset, tmp_path, "one")

@@ -233,6 +233,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun_env(rank: int, port: int) -> dict:
+    """The environment torchrun gives rank ``rank`` of 2 on one machine (this checkout first on the path)."""
+    return dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                LOCAL_RANK=str(rank), NODE_RANK="0", PYTHONPATH=os.pathsep.join(sys.path))
+
+
+def run_two_processes(args: list[str], port: int, timeout: int, env_for=torchrun_env) -> list[str]:
+    """Starts ``python *args`` as 2 processes (environments from ``env_for(rank, port)``), waits, checks that both
+    exit 0 and returns their standard outputs."""
+    procs = [subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=env_for(rank, port)) for rank in range(2)]
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+    for p, (_, err) in zip(procs, outputs):
+        assert p.returncode == 0, err[-4000:]
+    return [out for out, _ in outputs]
+
+
 SHIPPED = ["default", "triplet", "arcface", "category_balance", "small_images"]
 
 
@@ -264,15 +281,7 @@ def test_ddp_training_on_two_cpu_processes_equals_one_process_on_the_same_global
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_TRAIN_SCRIPT)
     port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                   LOCAL_RANK=str(rank), NODE_RANK="0", PYTHONPATH=os.pathsep.join(sys.path))
-        procs.append(subprocess.Popen([sys.executable, str(script), json.dumps(cases), str(port + 1)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    outputs = [p.communicate(timeout=900) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-4000:]
+    for out in run_two_processes([str(script), json.dumps(cases), str(port + 1)], port, timeout=900):
         assert out.count("TRAINED ") == len(SHIPPED), out[-2000:]
     for name in SHIPPED:
         overrides, reference = _ddp_overrides(name, dataset, tmp_path, f"one_{name}")

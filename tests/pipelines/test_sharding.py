@@ -19,7 +19,7 @@ from lookalike.pipelines.indexing import index
 from lookalike.pipelines.sharding import shard_rows
 from lookalike.store import EmbeddingsStore
 
-from tests.pipelines.test_pipelines import _free_port
+from tests.pipelines.test_pipelines import _free_port, run_two_processes
 
 
 def test_shards_are_contiguous_runs_of_whole_batches():
@@ -93,16 +93,9 @@ def test_index_on_two_externally_launched_processes_equals_one_process(trained, 
     script = tmp_path / "index_two.py"
     script.write_text(INDEX_SCRIPT)
     port = _free_port()
-    procs = []
-    for rank in range(2):
-        env = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                   LOCAL_RANK=str(rank), NODE_RANK="0", PYTHONPATH=os.pathsep.join(sys.path))
-        procs.append(subprocess.Popen([sys.executable, str(script), str(port), str(trained["run_dir"]), *common,
-                                       f"index_dir={tmp_path / 'two'}", "devices=2", "strategy=ddp"],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
-    outputs = [p.communicate(timeout=240) for p in procs]
-    for p, (out, err) in zip(procs, outputs):
-        assert p.returncode == 0, err[-3000:]
+    args = [str(script), str(port), str(trained["run_dir"]), *common, f"index_dir={tmp_path / 'two'}", "devices=2",
+            "strategy=ddp"]
+    for out in run_two_processes(args, port, timeout=240):
         assert f"INDEXED {tmp_path / 'two'}" in out
     a, b = SearchIndex.load(one), SearchIndex.load(tmp_path / "two")
     assert a.ids == b.ids and len(a) == 80
