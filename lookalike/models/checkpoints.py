@@ -231,6 +231,14 @@ def _plain_backbone(model: nn.Module, state: Mapping[str, Tensor], own: Mapping[
     return (mapped, dropped) if any(k in own for k in mapped) else None
 
 
+def _pooling_keys(model: nn.Module) -> set[str]:
+    """State-dict keys of the model's lookalike pooling layers (GeM's learnable exponent)."""
+    from lookalike.models.pooling import AvgPool, GeM
+
+    return {f"{name}.{key}" if name else key for name, module in model.named_modules()
+            if isinstance(module, (GeM, AvgPool)) for key in module.state_dict()}
+
+
 def load_pretrained(model: nn.Module, state_or_path: Mapping[str, Tensor] | str | os.PathLike,
                     source: str | None = None) -> str:
     """Load weights into an extractor: its own checkpoint (every key, as `load_into`), or a plain backbone state
@@ -251,7 +259,8 @@ def load_pretrained(model: nn.Module, state_or_path: Mapping[str, Tensor] | str 
         load_into(model, state, strict=True) if source == "the given state dict" else _load_named(model, state, source)
         return ""
     mapped, dropped = plain
-    backbone = [k for k in own if k.startswith("backbone.")]
+    ours = _pooling_keys(model)  # our pooling (GeM's p) is not in a network's own state dict: kept as initialised
+    backbone = [k for k in own if k.startswith("backbone.") and k not in ours]
     missing = [k for k in backbone if k not in mapped]
     unexpected = [k for k in mapped if k not in own]
     wrong = [f"{k} {tuple(mapped[k].shape)} vs model {tuple(own[k].shape)}"
@@ -267,7 +276,7 @@ def load_pretrained(model: nn.Module, state_or_path: Mapping[str, Tensor] | str 
         raise CheckpointError(f"{source} read as a plain backbone state dict does not fit {type(model).__name__}: "
                               + "; ".join(problems) + ". Use weights of the same architecture.")
     model.load_state_dict({**own, **mapped}, strict=True)
-    kept = [k for k in own if not k.startswith("backbone.")]
+    kept = [k for k in own if not k.startswith("backbone.") or k in ours]
     head = ", ".join(sorted({k.rsplit(".", 1)[0] for k in kept})) or "nothing"
     skipped = f"; left out {len(dropped)} key(s) of the file ({_listing(dropped)})" if dropped else ""
     return (f"{type(model).__name__}: loaded the backbone ({len(mapped)} tensors) from {source}; initialised "

@@ -119,7 +119,10 @@ class ImagePairClassifier(PairwiseModel):
         return self
 
     def encode(self, x: Tensor) -> Tensor:
-        maps = self.trunk(x)
+        return self.encode_maps(self.trunk(x))
+
+    def encode_maps(self, maps: Tensor) -> Tensor:
+        """``encode`` from the trunk's feature maps: a frozen trunk's maps can be computed once and cached."""
         if maps.ndim != 4:
             raise LookalikeError(f"ImagePairClassifier: the trunk must return feature maps (B, C, h, w), got "
                                  f"shape {tuple(maps.shape)}; use the convolutional body of a CNN.")
@@ -131,15 +134,30 @@ class ImagePairClassifier(PairwiseModel):
         return self.head(pooled).squeeze(1)
 
 
+class _FeatureMaps(nn.Module):
+    """A timm CNN's feature maps (``forward_features``: everything before its pooling)."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.net.forward_features(images)
+
+
 def conv_trunk(extractor: nn.Module) -> tuple[nn.Module, int]:
-    """The convolutional body of a lookalike CNN extractor (ResNet, small CNN) and its output channels: the part
-    before pooling, whose feature maps `ImagePairClassifier` compares."""
+    """The convolutional body of a lookalike CNN extractor (ResNet, small CNN, a timm CNN) and its output
+    channels: the part before pooling, whose feature maps `ImagePairClassifier` compares."""
     backbone = getattr(extractor, "backbone", None)
-    if not isinstance(backbone, nn.Sequential) or len(backbone) < 2:
+    net = getattr(backbone, "net", None)
+    if net is not None and callable(getattr(net, "forward_features", None)):  # the timm extractor
+        trunk: nn.Module = _FeatureMaps(net)
+    elif isinstance(backbone, nn.Sequential) and len(backbone) >= 2:
+        layers = list(backbone.children())[:-1]  # everything but the pooling
+        trunk = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+    else:
         raise LookalikeError(f"{type(extractor).__name__} has no convolutional body to take feature maps from; "
-                             "the image pairwise model needs a CNN extractor (resnet, small_cnn).")
-    layers = list(backbone.children())[:-1]  # everything but the pooling
-    trunk = layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+                             "the image pairwise model needs a CNN extractor (resnet, small_cnn, timm CNNs).")
     with torch.no_grad():
         was = trunk.training
         trunk.eval()

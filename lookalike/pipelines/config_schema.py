@@ -131,6 +131,10 @@ SCHEMA: dict[str, Key] = {
            section="training"),
         _k("limit_train_batches", (INT, NUM, NULL), None, "cap on batches per training epoch (int) or fraction",
            section="training"),
+        _k("holdout_labels", (NUM,), 0.0,
+           "fraction of the train split's labels the extractor never trains on, kept for `train-pairwise` to mine "
+           "pairs that look like unseen labels (docs/pipelines.md); 0 = train on every label", minimum=0,
+           section="training"),
         _k("freeze_backbone_epochs", (INT,), 0,
            "epochs during which the extractor's `backbone` (or the whole extractor) is frozen", minimum=0,
            section="training"),

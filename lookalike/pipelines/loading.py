@@ -9,7 +9,7 @@ from typing import Any, Mapping
 from lookalike.data import schema
 from lookalike.errors import ConfigError, DatasetError
 
-__all__ = ["dataset_root", "load_table", "split_table", "make_dataset", "label_to_category", "Datasets",
+__all__ = ["dataset_root", "load_table", "split_table", "holdout_labels", "train_rows", "make_dataset", "label_to_category", "Datasets",
            "build_datasets", "extractor_modality", "text_tokenizer", "refuse_texts"]
 
 
@@ -90,6 +90,36 @@ def split_table(table, split: str, origin: str):
     return part
 
 
+def holdout_labels(train_part, fraction: float, seed: int):
+    """The train labels held out from extractor training (``holdout_labels`` of the config): a seeded draw of
+    ``round(fraction * n_labels)`` of them, a pure function of (labels, fraction, seed) so that training and
+    ``train-pairwise`` agree."""
+    import numpy as np
+
+    labels = np.unique(train_part[schema.LABEL].to_numpy(np.int64))
+    n = int(round(float(fraction) * len(labels)))
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    if n >= len(labels) - 1:
+        raise ConfigError(f"holdout_labels: {fraction} holds out {n} of the {len(labels)} train labels, leaving "
+                          "fewer than 2 to train on; use a fraction below 1 (0.2 is typical).")
+    return np.sort(np.random.default_rng([int(seed), 0x401D]).choice(labels, size=n, replace=False))
+
+
+def train_rows(table, cfg: Mapping, origin: str, *, held_out: bool = False):
+    """The train split without its held-out labels (``held_out=False``: what the extractor trains on) or only
+    them (``held_out=True``: what ``train-pairwise`` mines)."""
+    part = split_table(table, "train", origin)
+    fraction = float(cfg.get("holdout_labels") or 0.0)
+    if fraction <= 0:
+        if held_out:
+            raise ConfigError("holdout_labels: the run held out no train labels, so there are none to mine; "
+                              "train the extractor with holdout_labels: 0.2 (or mine from its train labels).")
+        return part
+    keep = part[schema.LABEL].isin(holdout_labels(part, fraction, cfg["seed"]))
+    return part[keep if held_out else ~keep].reset_index(drop=True)
+
+
 def make_dataset(table, transform, cfg: Mapping, *, cache: bool | None = None):
     from lookalike.data.datasets import ImageDataset
 
@@ -132,7 +162,7 @@ def build_datasets(cfg: Mapping, *, train: bool) -> Datasets:
     else:
         def make(part, which):
             return make_dataset(part, build_transforms(cfg, which), cfg)
-    train_ds = make(split_table(table, "train", origin), "transforms_train") if train else None
+    train_ds = make(train_rows(table, cfg, origin), "transforms_train") if train else None
     val_ds = make(split_table(table, "validation", origin), "transforms_val")
     return Datasets(train_ds, val_ds, origin, label_to_category(train_ds) if train_ds is not None else None,
                     modality)

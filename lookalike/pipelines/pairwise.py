@@ -29,6 +29,9 @@ PAIRWISE_SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "checkpoint": ((str, type(None)), None, "extractor weights; null = the run's best.ckpt (else last.ckpt)"),
     "pairwise_model": ((dict, str), {"name": "embedding_mlp", "args": {"hidden_dims": [256], "dropout": 0.1}},
                        "the pairwise model block: embedding_mlp (in_features inferred)"),
+    "mine_from": ((str,), "auto", "labels the pairs are mined from: holdout (the train labels the extractor run "
+                  "held out, `holdout_labels`), train (the labels it trained on: pairs it already separates, which "
+                  "rarely transfer), auto = holdout when the run has one, else train"),
     "mine_top_n": ((int,), 20, "pairs are mined from each train item's top this-many retrieved items"),
     "n_negatives": ((int,), 5, "hardest negatives kept per train item (the first non-matching items)"),
     "top_n": ((int,), 20, "validation re-ranks each query's top this-many items"),
@@ -85,14 +88,17 @@ def load_pairwise_config(config: Mapping | str | Path, overrides: Iterable[str] 
             errors.append(f"n_negatives: must be >= 0, got {cfg['n_negatives']}.")
         if not 0.0 <= float(cfg["blend"]) <= 1.0:
             errors.append(f"blend: must be in [0, 1], got {cfg['blend']}.")
+        if cfg.get("mine_from") not in ("auto", "holdout", "train"):
+            errors.append(f"mine_from: expected auto, holdout or train, got {cfg.get('mine_from')!r}.")
         name = cfg["pairwise_model"].get("name")
-        if name != "embedding_mlp":
+        if name not in ("embedding_mlp", "image_siamese"):
             from lookalike.models.pairwise import PAIRWISE_MODELS
 
-            hint = (" (image_siamese is a Python-level model for now: train-pairwise trains on embeddings)"
-                    if name == "image_siamese" else suggest(str(name), PAIRWISE_MODELS))
-            errors.append(f"pairwise_model.name: {name!r} is not supported by train-pairwise{hint}; use "
-                          "embedding_mlp.")
+            errors.append(f"pairwise_model.name: unknown pairwise model {name!r}{suggest(str(name), PAIRWISE_MODELS)}"
+                          "; use embedding_mlp or image_siamese.")
+        elif name == "image_siamese" and (cfg["pairwise_model"].get("args") or {}).get("freeze_trunk") is False:
+            errors.append("pairwise_model.args.freeze_trunk: train-pairwise trains image_siamese on the feature maps "
+                          "of the extractor's frozen trunk, computed once; remove freeze_trunk: false.")
         run = Path(cfg["extractor_run"]).expanduser()
         if not (run / "config.yaml").is_file():
             errors.append(f"extractor_run: {str(run)!r} is not a run folder (no config.yaml); give the folder "
@@ -122,8 +128,17 @@ def _extractor_config(cfg: Mapping) -> dict:
     return base
 
 
-def embed_splits(base: Mapping, batch_size: int) -> dict[str, dict]:
-    """Embeddings, labels and query/gallery flags of the run's train and validation splits (inference layer)."""
+def mining_split(base: Mapping, mine_from: str) -> str:
+    """``holdout`` or ``train``: where the pairs come from (``auto``: the run's held-out labels when it has them)."""
+    if mine_from == "auto":
+        return "holdout" if float(base.get("holdout_labels") or 0.0) > 0 else "train"
+    return mine_from
+
+
+def embed_splits(base: Mapping, batch_size: int, mine_from: str = "auto") -> dict[str, dict]:
+    """Embeddings, labels and query/gallery flags of the validation split and of the rows pairs are mined from
+    (``"train"`` key: the run's held-out train labels or its training labels, `mining_split`), by the inference
+    layer."""
     import numpy as np
 
     from lookalike.data import schema
@@ -136,8 +151,10 @@ def embed_splits(base: Mapping, batch_size: int) -> dict[str, dict]:
     embedder = embedder_for(base)  # the extractor run's model and validation transforms, as predict uses
     embedder.batch_size = int(batch_size)
     out = {}
+    held_out = mining_split(base, mine_from) == "holdout"
     for split in ("train", "validation"):
-        part = loading.split_table(table, split, origin)
+        part = (loading.train_rows(table, base, origin, held_out=held_out) if split == "train"
+                else loading.split_table(table, split, origin))
         done = embedder.embed_source(image_source(part), progress=False)
         if done.failed:
             raise ConfigError(f"{origin}: {len(done.failed)} {split} image(s) could not be read, first: "
@@ -198,6 +215,7 @@ def train_pairwise(config: Mapping | str | Path, overrides: Iterable[str] = (), 
     from lookalike.inference import resolve_device
     from lookalike.models.pairwise import build_pairwise_model, save_pairwise_model
     from lookalike.pipelines import builders
+    from lookalike.pipelines.embedders import embedder_for
     from lookalike.pipelines.runs import new_run_dir, save_config
     from lookalike.postprocess import PairwiseReranker
 
@@ -219,19 +237,26 @@ def train_pairwise(config: Mapping | str | Path, overrides: Iterable[str] = (), 
     torch.manual_seed(cfg["seed"])
 
     t0 = time.perf_counter()
-    splits = splits if splits is not None else embed_splits(base, cfg["bs_val"])
-    embed_seconds = time.perf_counter() - t0
+    splits = splits if splits is not None else embed_splits(base, cfg["bs_val"], cfg["mine_from"])
     train, val = splits["train"], splits["validation"]
     feat_dim = int(train["embeddings"].shape[1])
     a, b, y = mine_pairs(train["embeddings"], train["labels"], cfg["mine_top_n"], cfg["n_negatives"])
     if not len(y) or y.min() == y.max():
         raise ConfigError(f"mining found {int(y.sum())} positive and {int(len(y) - y.sum())} negative pairs in the "
                           "train split's top-n; raise mine_top_n (or n_negatives) so both kinds occur.")
-    x = torch.tensor(train["embeddings"])
     device = resolve_device(cfg["accelerator"])
     spec = {"name": cfg["pairwise_model"]["name"], "args": dict(cfg["pairwise_model"].get("args") or {}),
             "feat_dim": feat_dim}
-    model = build_pairwise_model(spec["name"], spec["args"], feat_dim=feat_dim).to(device)
+    images = spec["name"] == "image_siamese"
+    if images:  # the trunk of the run's extractor, its maps of the mined rows computed once
+        embedder = embedder_for(base)
+        model = build_pairwise_model(spec["name"], spec["args"], extractor=embedder.model).to(device)
+        x, encode = _trunk_maps(model, embedder, train["table"], cfg["bs_val"]), model.encode_maps
+        rerank_inputs = {"images": val["table"], "transform": embedder.transform}
+    else:
+        model = build_pairwise_model(spec["name"], spec["args"], feat_dim=feat_dim).to(device)
+        x, encode, rerank_inputs = torch.tensor(train["embeddings"]), model.encode, {}
+    embed_seconds = time.perf_counter() - t0
     optimizer = builders.build_optimizer({"optimizer": cfg["optimizer"]}, model.parameters())
     pos_weight = (len(y) - y.sum()) / y.sum()
     state = {"epoch": 0, "train_seconds": 0.0, "best_score": None, "history": {}}
@@ -248,7 +273,8 @@ def train_pairwise(config: Mapping | str | Path, overrides: Iterable[str] = (), 
 
     def validate(epoch: int) -> dict:
         model.eval()
-        reranker = PairwiseReranker(model, top_n=cfg["top_n"], blend=float(cfg["blend"]), device=str(device))
+        reranker = PairwiseReranker(model, top_n=cfg["top_n"], blend=float(cfg["blend"]), device=str(device),
+                                    **rerank_inputs)
         t = time.perf_counter()
         results = _metrics(val, reranker)
         flat = _flat(results)
@@ -272,7 +298,7 @@ def train_pairwise(config: Mapping | str | Path, overrides: Iterable[str] = (), 
         total, started = 0.0, time.perf_counter()
         for s in range(0, len(order), cfg["bs_pairs"]):
             batch = order[s:s + cfg["bs_pairs"]]
-            logits = model(x[a[batch]].to(device), x[b[batch]].to(device))
+            logits = model.score(encode(x[a[batch]].to(device)), encode(x[b[batch]].to(device)))
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[batch].to(device),
                                                                         pos_weight=pos_weight.to(device))
             optimizer.zero_grad()
@@ -306,6 +332,21 @@ def train_pairwise(config: Mapping | str | Path, overrides: Iterable[str] = (), 
     return {"run_dir": run_dir, "base_metrics": base_metrics, "metrics": reranked,
             "best_checkpoint": best_path if best_path.is_file() else None, "best_score": state["best_score"],
             "train_seconds": state["train_seconds"]}
+
+
+def _trunk_maps(model, embedder, table, batch_size: int):
+    """The frozen trunk's feature maps of every row of ``table`` (the run's validation transforms), once."""
+    import torch
+
+    from lookalike.inference import Embedder, image_source
+
+    maps = Embedder(model.trunk, embedder.transform, device=embedder.device, precision=embedder.precision,
+                    batch_size=batch_size)
+    done = maps.embed_source(image_source(table), progress=False)
+    if done.failed:
+        raise ConfigError(f"{len(done.failed)} image(s) of the mined rows could not be read, first: "
+                          f"{done.failed[0][1]}.")
+    return torch.from_numpy(done.embeddings)
 
 
 def _save_last(path: Path, model, optimizer, spec: Mapping, state: Mapping) -> None:

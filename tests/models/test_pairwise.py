@@ -98,3 +98,17 @@ def test_scores_are_symmetric_and_the_checkpoint_round_trips(tmp_path):
         build_pairwise_model("embeding_mlp", {}, feat_dim=8)
     with pytest.raises(LookalikeError, match="hidden_dims"):
         EmbeddingPairClassifier(8, hidden_dims=(0,))
+
+
+def test_the_trunk_of_a_timm_cnn_gives_its_feature_maps():
+    pytest.importorskip("timm")
+    from lookalike.models import TimmExtractor
+
+    extractor = TimmExtractor("tf_efficientnet_lite0", embedding_dim=8).eval()
+    trunk, channels = conv_trunk(extractor)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = trunk(images)
+        assert maps.shape == (2, channels, 2, 2) and channels == 1280
+        # the same body as the extractor's: average-pooling its maps is the backbone's pooled output
+        assert torch.allclose(maps.mean(dim=(2, 3)), extractor.backbone(images), atol=1e-5)

@@ -142,3 +142,20 @@ def test_a_file_that_matches_nothing_is_a_clear_error(tmp_path):
     torch.save(state, tmp_path / "resnet18.pth")  # a plain backbone of another size
     with pytest.raises(CheckpointError, match=r"plain backbone state dict does not fit ResNetExtractor: .*backbone key\(s\) missing"):
         ResNetExtractor("resnet34", weights=tmp_path / "resnet18.pth")
+
+
+@pytest.mark.parametrize("kind", ["torchvision", "timm"])
+def test_gem_pooling_keeps_its_exponent_when_a_plain_backbone_loads(tmp_path, capsys, kind):
+    """A network's own state dict has no GeM exponent: the backbone loads, p stays at its initial value."""
+    if kind == "torchvision":
+        torch.save(_tiny_resnet_state(3), tmp_path / "w.pth")
+        model = ResNetExtractor("resnet18", embedding_dim=8, pooling="gem", weights=tmp_path / "w.pth")
+    else:
+        torch.manual_seed(4)
+        save_weights(timm.create_model("resnet10t", num_classes=7), tmp_path / "w.safetensors")
+        model = TimmExtractor("resnet10t", embedding_dim=8, pooling="gem", weights=tmp_path / "w.safetensors")
+    message = capsys.readouterr().err
+    p = [v for k, v in model.state_dict().items() if k.endswith(".p")]
+    assert len(p) == 1 and torch.allclose(p[0], torch.full_like(p[0], 3.0))
+    pooling = "backbone.1" if kind == "torchvision" else "backbone.pooling"
+    assert "loaded the backbone" in message and f"initialised {pooling}, head" in message

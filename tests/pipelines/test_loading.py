@@ -16,3 +16,25 @@ def test_dataset_root_pointing_at_a_file(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         dataset_root({"dataset_root": str(tmp_path / "nowhere"), "csv": "df.csv"})
     assert dataset_root({"dataset_root": str(root), "csv": "df.csv"}) == root
+
+
+def test_holdout_labels_are_a_seeded_disjoint_share_of_the_train_labels():
+    import pandas as pd
+
+    from lookalike.pipelines.loading import holdout_labels, train_rows
+
+    table = pd.DataFrame({"label": [i // 2 for i in range(40)] + [100, 100],
+                          "split": ["train"] * 40 + ["validation"] * 2, "path": [f"{i}.png" for i in range(42)]})
+    cfg = {"holdout_labels": 0.25, "seed": 3}
+    held = holdout_labels(table[table.split == "train"], 0.25, 3)
+    assert len(held) == 5 and set(held) <= set(range(20))  # round(0.25 * 20 labels)
+    assert list(held) == list(holdout_labels(table[table.split == "train"], 0.25, 3))  # same seed, same labels
+    assert list(held) != list(holdout_labels(table[table.split == "train"], 0.25, 4))
+    trained, mined = train_rows(table, cfg, "x"), train_rows(table, cfg, "x", held_out=True)
+    assert set(mined.label) == set(held) and not set(trained.label) & set(held)
+    assert len(trained) + len(mined) == 40 and 100 not in set(trained.label) | set(mined.label)
+    assert len(train_rows(table, {"holdout_labels": 0.0, "seed": 3}, "x")) == 40
+    with pytest.raises(ConfigError, match="held out no train labels"):
+        train_rows(table, {"holdout_labels": 0.0, "seed": 3}, "x", held_out=True)
+    with pytest.raises(ConfigError, match="fewer than 2"):
+        holdout_labels(table[table.split == "train"], 0.99, 3)

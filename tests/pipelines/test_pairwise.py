@@ -11,7 +11,8 @@ from lookalike.errors import CheckpointError, ConfigError
 from lookalike.models import SmallCNNExtractor, save_weights
 from lookalike.models.pairwise import load_pairwise_model
 from lookalike.pipelines.config import load_config
-from lookalike.pipelines.pairwise import load_pairwise_config, mine_pairs, train_pairwise
+from lookalike.pipelines.pairwise import embed_splits, load_pairwise_config, mine_pairs, mining_split, \
+    train_pairwise
 from lookalike.pipelines.runs import save_config
 
 
@@ -63,9 +64,48 @@ def test_config_errors_name_the_key(extractor_run, tmp_path):
         load_pairwise_config(config)
     text = str(info.value)
     assert "top_m: unknown key (did you mean 'top_n'" in text and "blend" in text and "not a run folder" in text
-    config.write_text(f"extractor_run: {extractor_run}\npairwise_model: image_siamese\n")
-    with pytest.raises(ConfigError, match="image_siamese"):
+    config.write_text(f"extractor_run: {extractor_run}\n"
+                      "pairwise_model: {name: image_siamese, args: {freeze_trunk: false}}\n")
+    with pytest.raises(ConfigError, match="frozen trunk"):
+        load_pairwise_config(config)
+    config.write_text(f"extractor_run: {extractor_run}\npairwise_model: image_siames\n")
+    with pytest.raises(ConfigError, match="did you mean 'image_siamese'"):
         load_pairwise_config(config)
     config.write_text(f"extractor_run: {extractor_run}\n")
     with pytest.raises(CheckpointError, match="resume"):
         train_pairwise(config, [f"output_dir={tmp_path}/o2", "run_name=q"], resume=True)
+
+
+def test_pairs_come_from_the_labels_the_extractor_run_held_out(extractor_run, tmp_path):
+    from lookalike.pipelines.pairwise import _extractor_config
+
+    config = tmp_path / "pairwise.yaml"
+    config.write_text(f"extractor_run: {extractor_run}\naccelerator: cpu\n")
+    base = _extractor_config(load_pairwise_config(config)[0])
+    assert mining_split(base, "auto") == "train"  # the run held nothing out
+    trained = set(embed_splits(base, 64)["train"]["labels"].tolist())
+    base["holdout_labels"] = 0.3
+    assert mining_split(base, "auto") == "holdout" and mining_split(base, "train") == "train"
+    mined = set(embed_splits(base, 64, "auto")["train"]["labels"].tolist())
+    assert mined and mined < trained and len(mined) == round(0.3 * len(trained))
+    with pytest.raises(ConfigError, match="mine_from"):
+        load_pairwise_config(config, ["mine_from=test"])
+
+
+def test_image_pairs_train_on_cached_trunk_maps_and_rerank_from_the_images(extractor_run, tmp_path):
+    from lookalike.models import SmallCNNExtractor as Net
+    from lookalike.models.pairwise import ImagePairClassifier
+
+    config = tmp_path / "pairwise.yaml"
+    config.write_text(f"extractor_run: {extractor_run}\nmax_epochs: 2\nvalid_period: 2\naccelerator: cpu\n"
+                      "pairwise_model: {name: image_siamese, args: {channels: 8, hidden_dims: [16]}}\n"
+                      "top_n: 5\nlogger: null\n")
+    out = train_pairwise(config, [f"output_dir={tmp_path}/out", "run_name=img"])
+    saved = json.loads((out["run_dir"] / "metrics.json").read_text())
+    assert saved["pairs"]["positive"] > 0 and saved["reranked"]["OVERALL"]["n_queries"] > 0
+    model = load_pairwise_model(out["best_checkpoint"], extractor=Net((8, 16), embedding_dim=16))
+    assert isinstance(model, ImagePairClassifier)
+    # the trunk was frozen: the saved trunk equals the extractor run's weights
+    trained = torch.load(extractor_run / "checkpoints" / "best.ckpt", weights_only=True)
+    first = next(k for k in trained if k.endswith("weight"))
+    assert torch.equal(model.trunk.state_dict()[first.split(".", 1)[1]], trained[first])
