@@ -42,6 +42,7 @@ NUM = Type("float", is_num)
 STR = Type("str", lambda v: isinstance(v, str))
 BOOL = Type("bool", lambda v: isinstance(v, bool))
 INT_LIST = Type("list of int", lambda v: isinstance(v, list) and all(is_int(x) for x in v))
+STR_LIST = Type("list of str", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v))
 DICT = Type("mapping", lambda v: isinstance(v, dict))
 COMPONENT = Type("component block {name, args}", lambda v: isinstance(v, (dict, str)))
 NULL = Type("null", lambda v: v is None)
@@ -138,6 +139,10 @@ SCHEMA: dict[str, Key] = {
         _k("freeze_backbone_epochs", (INT,), 0,
            "epochs during which the extractor's `backbone` (or the whole extractor) is frozen", minimum=0,
            section="training"),
+        _k("freeze_layers", (STR_LIST,), [],
+           "extractor parameter-name prefixes kept frozen for the whole run, weights and BatchNorm statistics (e.g. "
+           "the stem and first blocks of a pretrained CNN: generic features kept, faster steps); `lookalike "
+           "registry` does not list them: see docs/pipelines.md", section="training"),
         _k("backbone_lr", (NUM, NULL), None,
            "learning rate of the extractor's `backbone` (a pretrained start wants it below the new head's); "
            "null = the optimizer's lr for every parameter", minimum=0, section="training"),

@@ -6,7 +6,7 @@ The callbacks are in ``callbacks.py``, the checkpoint writer in ``checkpoint_io.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -42,6 +42,23 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
+def frozen_modules(extractor: torch.nn.Module, names: Sequence[str]) -> list[torch.nn.Module]:
+    """The extractor's submodules named by ``names`` (``freeze_layers``, e.g. ``backbone.net.blocks.0``);
+    ConfigError for a name that is not a module, listing the modules at that level."""
+    from lookalike.errors import ConfigError
+
+    named = dict(extractor.named_modules())
+    for name in names:
+        if not name or name not in named:
+            parent = name.rsplit(".", 1)[0] if "." in name else ""
+            parent = parent if parent in named else ""
+            level = [n for n in named if n and (n.rsplit(".", 1)[0] if "." in n else "") == parent]
+            raise ConfigError(f"freeze_layers: {name!r} is not a module of the extractor; modules "
+                              f"{'in ' + repr(parent) if parent else 'at the top'}: {', '.join(level[:16])}"
+                              f"{' ...' if len(level) > 16 else ''}.")
+    return [named[name] for name in names]
+
+
 def _first_param(module: torch.nn.Module) -> torch.nn.Parameter | None:
     return next(iter(module.parameters()), None)
 
@@ -62,6 +79,7 @@ class ExtractorModule(pl.LightningModule):
         optimizer_factory: Callable | None = None,
         scheduler_factory: Callable | None = None,
         freeze_backbone_epochs: int = 0,
+        freeze_layers: Sequence[str] = (),
         backbone: torch.nn.Module | None = None,
         backbone_lr: float | None = None,
         main_metric: str = "OVERALL/cmc/1",
@@ -77,6 +95,9 @@ class ExtractorModule(pl.LightningModule):
         self.optimizer_factory = optimizer_factory
         self.scheduler_factory = scheduler_factory
         self.freeze_backbone_epochs = int(freeze_backbone_epochs)
+        self.frozen_modules = frozen_modules(extractor, freeze_layers)
+        for module in self.frozen_modules:  # before any DDP wrapping: DDP then never expects their gradients
+            module.requires_grad_(False)
         self._backbone = [backbone if backbone is not None else extractor]
         self.backbone_lr = backbone_lr
         self.main_metric = main_metric
@@ -114,14 +135,17 @@ class ExtractorModule(pl.LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
     def _apply_freeze(self) -> None:
-        """Freezes the backbone during the first ``freeze_backbone_epochs`` epochs (weights and BN statistics)."""
-        if self.freeze_backbone_epochs <= 0:
-            return
-        frozen = self.current_epoch < self.freeze_backbone_epochs
-        backbone = self._backbone[0]
-        for p in backbone.parameters():
-            p.requires_grad_(not frozen)
-        backbone.train(not frozen)
+        """Freezes the backbone during the first ``freeze_backbone_epochs`` epochs, and the ``freeze_layers``
+        always (weights and BN statistics)."""
+        if self.freeze_backbone_epochs > 0:
+            frozen = self.current_epoch < self.freeze_backbone_epochs
+            backbone = self._backbone[0]
+            for p in backbone.parameters():
+                p.requires_grad_(not frozen)
+            backbone.train(not frozen)
+        for module in self.frozen_modules:
+            module.requires_grad_(False)
+            module.eval()
 
     def on_train_epoch_start(self) -> None:
         self._apply_freeze()

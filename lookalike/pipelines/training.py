@@ -111,6 +111,7 @@ def _build_module(cfg: Mapping, data):
         optimizer_factory=lambda params: builders.build_optimizer(cfg, params),
         scheduler_factory=lambda opt: builders.build_scheduler(cfg, opt),
         freeze_backbone_epochs=cfg["freeze_backbone_epochs"],
+        freeze_layers=cfg["freeze_layers"],
         backbone=backbone,
         backbone_lr=cfg["backbone_lr"],
         main_metric=cfg["metric_for_checkpointing"],

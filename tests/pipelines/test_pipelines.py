@@ -329,3 +329,22 @@ def test_metric_args_batch_keys_reach_the_metrics(trained, tmp_path):
     without = validate(trained["run_dir"], common + ["run_name=nocats", "metric_args.categories_key=null"])
     assert set(without["metrics"]) == {"OVERALL"}
     assert without["metrics_flat"]["OVERALL/cmc/1"] == pytest.approx(with_categories["metrics_flat"]["OVERALL/cmc/1"])
+
+
+def test_freeze_layers_keep_their_weights_and_batchnorm_statistics(dataset, tmp_path):
+    from lookalike.models import SmallCNNExtractor, load_weights, save_weights
+
+    torch.manual_seed(0)
+    init = tmp_path / "init.ckpt"
+    save_weights(SmallCNNExtractor(), init)
+    before = load_weights(init)
+    result = train(TRIPLET, tiny(dataset, tmp_path, max_epochs=2, checkpoint=str(init),
+                                 freeze_layers="[backbone.0]"))
+    after = load_weights(result["last_checkpoint"], prefix="extractor.")
+    frozen = [k for k in before if k.startswith("backbone.0.")]
+    assert any("running_mean" in k for k in frozen) and any(k.endswith("weight") for k in frozen)
+    assert all(torch.equal(before[k], after[k]) for k in frozen)  # weights and BN statistics untouched
+    trained_rest = [k for k in before if k.startswith("backbone.1.") and k.endswith("weight")]
+    assert trained_rest and not all(torch.equal(before[k], after[k]) for k in trained_rest)
+    with pytest.raises(ConfigError, match=r"'backbone\.9' is not a module.*backbone\.0, backbone\.1"):
+        train(TRIPLET, tiny(dataset, tmp_path, freeze_layers="[backbone.9]", run_name="bad"))
