@@ -125,9 +125,26 @@ def build_criterion(cfg: Mapping, feat_dim: int, labels, label2category: Mapping
     import numpy as np
 
     labels = np.unique(np.asarray(labels)).tolist()
-    num_classes = len(labels)
-    return build_component("criterion", cfg["criterion"], in_features=feat_dim, num_classes=num_classes,
-                           labels=labels, label2category=label2category)
+    context = {"in_features": feat_dim, "num_classes": len(labels), "labels": labels,
+               "label2category": label2category}
+    spec = cfg["criterion"]
+    if spec["name"] == "sum":  # a weighted sum: each term is a criterion block, sized like a top-level one
+        from lookalike.losses.combined import WeightedSumLoss
+
+        args = dict(spec.get("args") or {})
+        terms = args.pop("criteria", None)
+        if not isinstance(terms, list) or not terms:
+            raise ConfigError("criterion.args.criteria: give a list of criterion blocks, e.g. [{name: arcface, "
+                              "args: {}}, {name: triplet_with_miner, args: {miner: hard_triplets}}].")
+        built = []
+        for i, term in enumerate(terms):
+            term = {"name": term, "args": {}} if isinstance(term, str) else term
+            if not isinstance(term, Mapping) or "name" not in term or term["name"] == "sum":
+                raise ConfigError(f"criterion.args.criteria[{i}]: expected a criterion block {{name, args}} other "
+                                  f"than sum, got {term!r}.")
+            built.append(build_component("criterion", term, f"criterion.args.criteria[{i}]", **context))
+        return _call(WeightedSumLoss, {"criteria": built, **args}, "criterion", "sum")
+    return build_component("criterion", spec, **context)
 
 
 def build_optimizer(cfg: Mapping, params):

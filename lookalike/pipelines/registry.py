@@ -192,6 +192,7 @@ CRITERIA_REGISTRY = Registry(
             "triplet_with_miner": "lookalike.losses.triplet:TripletLossWithMiner",
             "arcface": "lookalike.losses.arcface:ArcFaceLoss",
             "arcface_with_mlp": "lookalike.losses.arcface:ArcFaceLossWithMLP",
+            "sum": "lookalike.losses.combined:WeightedSumLoss",
         }
     ),
 )
