@@ -31,3 +31,6 @@ def test_shipped_config_builds_its_extractor_offline(name, monkeypatch, tmp_path
     extractor = build_extractor(cfg)
     assert extractor.feat_dim > 0
     assert list(tmp_path.iterdir()) == []
+    from lookalike.pipelines.lightning_parts import frozen_modules
+
+    assert len(frozen_modules(extractor, cfg["freeze_layers"])) == len(cfg["freeze_layers"])  # names that exist
