@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--hidden", type=int, default=64, help="hidden width of the embedding pairwise MLP")
     parser.add_argument("--n-negatives", type=int, default=10)
+    parser.add_argument("--residual", action=argparse.BooleanOptionalAction, default=True,
+                        help="the embedding MLP adds to a scaled cosine (starts at the search's order)")
     parser.add_argument("--blends", type=float, nargs="+", default=[0.0, 0.5],
                         help="pairwise rows: weight of the search distance in the re-ranking score")
     parser.add_argument("--image-pairs", action="store_true", help="also train and measure image_siamese (n=20)")
@@ -73,7 +75,8 @@ def main() -> None:
         _, val_embed_s = timed(lambda: embedder.embed_source(image_source(val["table"]), progress=False))
         every = torch.ones(len(train["labels"]), dtype=torch.bool)  # the mined rows, searched in themselves
         mined_cmc1 = _metrics({**train, "is_query": every.numpy(), "is_gallery": every.numpy()})["OVERALL"]["cmc"][1]
-        mlp = f"pairwise_model={{name: embedding_mlp, args: {{hidden_dims: [{args.hidden}], dropout: 0.1}}}}"
+        mlp = (f"pairwise_model={{name: embedding_mlp, args: {{hidden_dims: [{args.hidden}], dropout: 0.1, "
+               f"residual: {str(args.residual).lower()}}}}}")
         result = train_pairwise(config, [*common, mlp, f"output_dir={tmp}/out"], splits=splits)
         model = load_pairwise_model(result["best_checkpoint"])
         image_row = None
@@ -126,7 +129,8 @@ def main() -> None:
              f"{mined_cmc1:.4f}, against {rows[0][2]['OVERALL']['cmc'][1]:.4f} on the validation labels.", "",
              *([reference, ""] if reference else []),
              f"Embedding the run's splits: {embed_s:.1f} s; the validation images alone: {val_embed_s:.1f} s. "
-             f"Pairwise training (embedding_mlp, hidden {args.hidden}): {result['train_seconds']:.1f} s"
+             f"Pairwise training (embedding_mlp, hidden {args.hidden}"
+             + (", residual over the cosine" if args.residual else "") + f"): {result['train_seconds']:.1f} s"
              + (f"; image_siamese: {image_row[0]['train_seconds']:.1f} s" if image_row else "")
              + f" (budget {args.minutes} min each).", "",
              "| re-ranker | top_n | CMC@1 | mAP@5 | validation s | x base | x base, with embedding |",

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from lookalike.errors import CheckpointError, LookalikeError
 
 __all__ = ["PairwiseModel", "EmbeddingPairClassifier", "ImagePairClassifier", "PAIRWISE_MODELS",
-           "build_pairwise_model", "load_pairwise_model", "save_pairwise_model"]
+           "build_pairwise_model", "load_pairwise_model", "save_pairwise_model", "saved_pairwise_spec"]
 
 
 def _mlp(in_features: int, hidden_dims: Sequence[int], dropout: float) -> nn.Sequential:
@@ -70,16 +70,26 @@ class PairwiseModel(nn.Module):
 
 class EmbeddingPairClassifier(PairwiseModel):
     """MLP over the symmetric combination ``[a * b, |a - b|]`` of two (L2-normalised when ``normalise``)
-    embeddings of size ``in_features`` -> one logit of "same"."""
+    embeddings of size ``in_features`` -> one logit of "same".
+
+    ``residual``: the logit is ``scale * (cos(a, b) - shift) + MLP(...)`` with the MLP's last layer starting at
+    zero, so the untrained model orders candidates exactly as the cosine does and training can only move away
+    from the search's order where the pairs show a reason to (a plain MLP starts from noise and must re-learn
+    the cosine from the few pairs it is given)."""
 
     def __init__(self, in_features: int, hidden_dims: Sequence[int] = (256,), dropout: float = 0.1,
-                 normalise: bool = True) -> None:
+                 normalise: bool = True, residual: bool = False) -> None:
         super().__init__()
         if isinstance(in_features, bool) or not isinstance(in_features, int) or in_features < 1:
             raise LookalikeError(f"EmbeddingPairClassifier: in_features must be a positive integer, "
                                  f"got {in_features!r}.")
-        self.in_features, self.normalise = in_features, bool(normalise)
+        self.in_features, self.normalise, self.residual = in_features, bool(normalise), bool(residual)
         self.head = _mlp(2 * in_features, _check_dims(hidden_dims, dropout, "EmbeddingPairClassifier"), dropout)
+        if self.residual:
+            self.scale = nn.Parameter(torch.tensor(10.0))
+            self.shift = nn.Parameter(torch.tensor(0.5))
+            nn.init.zeros_(self.head[-1].weight)
+            nn.init.zeros_(self.head[-1].bias)
 
     def encode(self, x: Tensor) -> Tensor:
         if x.ndim != 2 or x.shape[1] != self.in_features:
@@ -89,7 +99,12 @@ class EmbeddingPairClassifier(PairwiseModel):
         return nn.functional.normalize(x, dim=1) if self.normalise else x
 
     def score(self, a: Tensor, b: Tensor) -> Tensor:
-        return self.head(torch.cat([a * b, (a - b).abs()], dim=1)).squeeze(1)
+        product = a * b
+        logit = self.head(torch.cat([product, (a - b).abs()], dim=1)).squeeze(1)
+        if self.residual:
+            cosine = product.sum(dim=1) if self.normalise else nn.functional.cosine_similarity(a, b, dim=1)
+            logit = logit + self.scale * (cosine - self.shift)
+        return logit
 
 
 class ImagePairClassifier(PairwiseModel):
@@ -158,12 +173,21 @@ def conv_trunk(extractor: nn.Module) -> tuple[nn.Module, int]:
     else:
         raise LookalikeError(f"{type(extractor).__name__} has no convolutional body to take feature maps from; "
                              "the image pairwise model needs a CNN extractor (resnet, small_cnn, timm CNNs).")
+    first = next(trunk.parameters(), None)
     with torch.no_grad():
         was = trunk.training
         trunk.eval()
-        channels = int(trunk(torch.zeros(1, 3, 64, 64)).shape[1])
-        trunk.train(was)
-    return trunk, channels
+        try:
+            maps = trunk(torch.zeros(1, 3, 64, 64, device=first.device if first is not None else "cpu"))
+        except (AssertionError, RuntimeError) as exc:
+            raise LookalikeError(f"{type(extractor).__name__}: its body does not take a 64 px image ({exc}); the "
+                                 "image pairwise model needs a CNN extractor.") from None
+        finally:
+            trunk.train(was)
+    if maps.ndim != 4:
+        raise LookalikeError(f"{type(extractor).__name__}: its body returns shape {tuple(maps.shape)}, not feature "
+                             "maps (B, C, h, w) (a transformer?); the image pairwise model needs a CNN extractor.")
+    return trunk, int(maps.shape[1])
 
 
 #: registry names of the pairwise models (the ``pairwise_model`` block of ``lookalike train-pairwise``)
@@ -202,12 +226,9 @@ def save_pairwise_model(model: PairwiseModel, spec: dict, path: str | os.PathLik
         torch.save(state, tmp)
 
 
-def load_pairwise_model(path: str | os.PathLike, extractor: nn.Module | None = None) -> PairwiseModel:
-    """The pairwise model saved by `save_pairwise_model` or a ``train-pairwise`` checkpoint, in eval mode.
-    Image models need the ``extractor`` the trunk was taken from (same architecture)."""
+def saved_pairwise_spec(path: str | os.PathLike) -> dict:
+    """The model block (``{name, args, feat_dim}``) stored in a pairwise checkpoint, without building the model."""
     import json
-
-    from lookalike.models.checkpoints import load_into, load_weights
 
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -215,11 +236,20 @@ def load_pairwise_model(path: str | os.PathLike, extractor: nn.Module | None = N
                               "pairwise/checkpoints/best.ckpt.")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-        spec = json.loads(raw["pairwise_model"])
+        return json.loads(raw["pairwise_model"])
     except Exception as exc:
         raise CheckpointError(f"pairwise checkpoint {path} cannot be read as a lookalike pairwise model "
                               f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); it must "
                               "be written by lookalike train-pairwise.") from None
+
+
+def load_pairwise_model(path: str | os.PathLike, extractor: nn.Module | None = None) -> PairwiseModel:
+    """The pairwise model saved by `save_pairwise_model` or a ``train-pairwise`` checkpoint, in eval mode.
+    Image models need the ``extractor`` the trunk was taken from (same architecture)."""
+    from lookalike.models.checkpoints import load_into, load_weights
+
+    path = os.fspath(path)
+    spec = saved_pairwise_spec(path)
     model = build_pairwise_model(spec["name"], spec.get("args") or {}, feat_dim=spec.get("feat_dim"),
                                  extractor=extractor)
     load_into(model, load_weights(path, prefix="model."))

@@ -134,15 +134,15 @@ SCHEMA: dict[str, Key] = {
            section="training"),
         _k("holdout_labels", (NUM,), 0.0,
            "fraction of the train split's labels the extractor never trains on, kept for `train-pairwise` to mine "
-           "pairs that look like unseen labels (docs/pipelines.md); 0 = train on every label", minimum=0,
+           "pairs that look like unseen labels (recorded in the run's holdout_labels.json); 0 = train on every label", minimum=0,
            section="training"),
         _k("freeze_backbone_epochs", (INT,), 0,
            "epochs during which the extractor's `backbone` (or the whole extractor) is frozen", minimum=0,
            section="training"),
         _k("freeze_layers", (STR_LIST,), [],
-           "extractor parameter-name prefixes kept frozen for the whole run, weights and BatchNorm statistics (e.g. "
-           "the stem and first blocks of a pretrained CNN: generic features kept, faster steps); `lookalike "
-           "registry` does not list them: see docs/pipelines.md", section="training"),
+           "names of extractor modules kept frozen for the whole run, weights and BatchNorm statistics (e.g. the "
+           "stem and first blocks of a pretrained CNN: generic features kept, faster steps); see docs/pipelines.md",
+           section="training"),
         _k("backbone_lr", (NUM, NULL), None,
            "learning rate of the extractor's `backbone` (a pretrained start wants it below the new head's); "
            "null = the optimizer's lr for every parameter", minimum=0, section="training"),

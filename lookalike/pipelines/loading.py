@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from lookalike.data import schema
 from lookalike.errors import ConfigError, DatasetError
 
-__all__ = ["dataset_root", "load_table", "split_table", "holdout_labels", "train_rows", "make_dataset", "label_to_category", "Datasets",
+if TYPE_CHECKING:  # imported where used: the CLI starts without them
+    import numpy as np
+    import pandas as pd
+
+__all__ = ["dataset_root", "load_table", "split_table", "HELD_OUT_FILE", "holdout_labels", "train_rows",
+           "make_dataset", "label_to_category", "Datasets",
            "build_datasets", "extractor_modality", "text_tokenizer", "refuse_texts"]
 
 
@@ -90,23 +95,28 @@ def split_table(table, split: str, origin: str):
     return part
 
 
-def holdout_labels(train_part, fraction: float, seed: int):
+#: the run-folder file that records the held-out labels of a run trained with ``holdout_labels``
+HELD_OUT_FILE = "holdout_labels.json"
+
+
+def holdout_labels(train_part: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
     """The train labels held out from extractor training (``holdout_labels`` of the config): a seeded draw of
-    ``round(fraction * n_labels)`` of them, a pure function of (labels, fraction, seed) so that training and
-    ``train-pairwise`` agree."""
+    ``round(fraction * n_labels)`` of them (at least 2), a pure function of (labels, fraction, seed) so that
+    training and ``train-pairwise`` agree."""
     import numpy as np
 
     labels = np.unique(train_part[schema.LABEL].to_numpy(np.int64))
     n = int(round(float(fraction) * len(labels)))
-    if n == 0:
-        return np.zeros(0, dtype=np.int64)
+    if n < 2:
+        raise ConfigError(f"holdout_labels: {fraction} of the {len(labels)} train labels is {n}; a re-ranker needs "
+                          "at least 2 held-out labels to mine pairs from: raise the fraction (0.2 is typical).")
     if n >= len(labels) - 1:
         raise ConfigError(f"holdout_labels: {fraction} holds out {n} of the {len(labels)} train labels, leaving "
-                          "fewer than 2 to train on; use a fraction below 1 (0.2 is typical).")
+                          "fewer than 2 to train on; lower the fraction (0.2 is typical).")
     return np.sort(np.random.default_rng([int(seed), 0x401D]).choice(labels, size=n, replace=False))
 
 
-def train_rows(table, cfg: Mapping, origin: str, *, held_out: bool = False):
+def train_rows(table: pd.DataFrame, cfg: Mapping, origin: str, *, held_out: bool = False) -> pd.DataFrame:
     """The train split without its held-out labels (``held_out=False``: what the extractor trains on) or only
     them (``held_out=True``: what ``train-pairwise`` mines)."""
     part = split_table(table, "train", origin)
@@ -114,7 +124,7 @@ def train_rows(table, cfg: Mapping, origin: str, *, held_out: bool = False):
     if fraction <= 0:
         if held_out:
             raise ConfigError("holdout_labels: the run held out no train labels, so there are none to mine; "
-                              "train the extractor with holdout_labels: 0.2 (or mine from its train labels).")
+                              "train the extractor with holdout_labels: 0.2, or set mine_from: train.")
         return part
     keep = part[schema.LABEL].isin(holdout_labels(part, fraction, cfg["seed"]))
     return part[keep if held_out else ~keep].reset_index(drop=True)
@@ -141,6 +151,7 @@ class Datasets:
     origin: str  # dataset_root/csv, for messages
     label2category: dict | None = None
     modality: str = "image"
+    held_out: Any = None  # the train labels left out of training (holdout_labels), else None
 
 
 def build_datasets(cfg: Mapping, *, train: bool) -> Datasets:
@@ -164,5 +175,8 @@ def build_datasets(cfg: Mapping, *, train: bool) -> Datasets:
             return make_dataset(part, build_transforms(cfg, which), cfg)
     train_ds = make(train_rows(table, cfg, origin), "transforms_train") if train else None
     val_ds = make(split_table(table, "validation", origin), "transforms_val")
+    held_out = None
+    if train and float(cfg.get("holdout_labels") or 0.0) > 0:
+        held_out = holdout_labels(split_table(table, "train", origin), cfg["holdout_labels"], cfg["seed"])
     return Datasets(train_ds, val_ds, origin, label_to_category(train_ds) if train_ds is not None else None,
-                    modality)
+                    modality, held_out)

@@ -1,9 +1,11 @@
 """The pairwise training pipeline (``lookalike train-pairwise <config>``): a re-ranker learned on the hard pairs of
 a trained extractor run.
 
-Steps: embed the run's train and validation splits (``lookalike.inference.Embedder``, once); mine pairs from
-every train item's top-n (chunked exact search; its true positives there and its hardest negatives); train the
-pairwise model with binary cross-entropy; validate with `PairwiseReranker` inside `EmbeddingMetrics` every
+Steps: embed the rows pairs are mined from (the train labels the run held out with ``holdout_labels``, else its
+training labels: ``mine_from``) and the validation split (``lookalike.inference.Embedder``, once); mine pairs from
+every mined item's top-n (chunked exact search; its true positives there and its hardest negatives); train the
+pairwise model (``embedding_mlp`` on the embeddings, or ``image_siamese`` on the frozen trunk's feature maps,
+computed once) with binary cross-entropy; validate with `PairwiseReranker` inside `EmbeddingMetrics` every
 ``valid_period`` epochs and at the end. Checkpoints (``last.ckpt`` every epoch, ``best.ckpt`` by
 ``metric_for_checkpointing``), ``history.json`` and ``metrics.json`` are written atomically; ``resume=True``
 continues from ``last.ckpt`` (weights, optimizer, epoch, training clock); ``max_minutes`` bounds the training
@@ -21,14 +23,17 @@ from typing import Any, Iterable, Mapping
 from lookalike.errors import CheckpointError, ConfigError, suggest
 from lookalike.io import atomic_path, write_json_atomic
 
-__all__ = ["PAIRWISE_SCHEMA", "load_pairwise_config", "train_pairwise"]
+__all__ = ["PAIRWISE_SCHEMA", "load_pairwise_config", "train_pairwise", "embed_splits", "mine_pairs", "mining_split",
+           "recorded_held_out"]
 
 #: key -> (accepted python types, default, meaning); REQUIRED keys have default ``...``
 PAIRWISE_SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "extractor_run": ((str,), ..., "folder of a trained `lookalike train` run (its config.yaml and checkpoints)"),
     "checkpoint": ((str, type(None)), None, "extractor weights; null = the run's best.ckpt (else last.ckpt)"),
-    "pairwise_model": ((dict, str), {"name": "embedding_mlp", "args": {"hidden_dims": [256], "dropout": 0.1}},
-                       "the pairwise model block: embedding_mlp (in_features inferred)"),
+    "pairwise_model": ((dict, str), {"name": "embedding_mlp",
+                                     "args": {"hidden_dims": [256], "dropout": 0.1, "residual": True}},
+                       "the pairwise model block: embedding_mlp (in_features inferred) or image_siamese (the "
+                       "extractor's frozen trunk)"),
     "mine_from": ((str,), "auto", "labels the pairs are mined from: holdout (the train labels the extractor run "
                   "held out, `holdout_labels`), train (the labels it trained on: pairs it already separates, which "
                   "rarely transfer), auto = holdout when the run has one, else train"),
@@ -135,10 +140,20 @@ def mining_split(base: Mapping, mine_from: str) -> str:
     return mine_from
 
 
-def embed_splits(base: Mapping, batch_size: int, mine_from: str = "auto") -> dict[str, dict]:
+def recorded_held_out(run: str | Path) -> list[int] | None:
+    """The held-out labels a run recorded when it trained (``holdout_labels.json``), else None."""
+    from lookalike.pipelines.loading import HELD_OUT_FILE
+
+    path = Path(run).expanduser() / HELD_OUT_FILE
+    return [int(x) for x in json.loads(path.read_text())["labels"]] if path.is_file() else None
+
+
+def embed_splits(base: Mapping, batch_size: int, mine_from: str = "auto",
+                 recorded: Iterable[int] | None = None) -> dict[str, dict]:
     """Embeddings, labels and query/gallery flags of the validation split and of the rows pairs are mined from
     (``"train"`` key: the run's held-out train labels or its training labels, `mining_split`), by the inference
-    layer."""
+    layer. ``recorded``: the held-out labels the run recorded; drawing others (the CSV or the seed changed since
+    training) is an error, since those rows may be labels the extractor trained on."""
     import numpy as np
 
     from lookalike.data import schema
@@ -155,6 +170,10 @@ def embed_splits(base: Mapping, batch_size: int, mine_from: str = "auto") -> dic
     for split in ("train", "validation"):
         part = (loading.train_rows(table, base, origin, held_out=held_out) if split == "train"
                 else loading.split_table(table, split, origin))
+        if split == "train" and held_out and recorded is not None and set(part[schema.LABEL]) != set(recorded):
+            raise ConfigError(f"{origin}: the held-out labels drawn now differ from the ones the extractor run "
+                              f"recorded in {loading.HELD_OUT_FILE} (the CSV or the seed changed since it trained), "
+                              "so some mined rows could be labels it trained on; use the run's data and seed.")
         done = embedder.embed_source(image_source(part), progress=False)
         if done.failed:
             raise ConfigError(f"{origin}: {len(done.failed)} {split} image(s) could not be read, first: "
@@ -237,13 +256,16 @@ def train_pairwise(config: Mapping | str | Path, overrides: Iterable[str] = (), 
     torch.manual_seed(cfg["seed"])
 
     t0 = time.perf_counter()
-    splits = splits if splits is not None else embed_splits(base, cfg["bs_val"], cfg["mine_from"])
+    splits = splits if splits is not None else embed_splits(base, cfg["bs_val"], cfg["mine_from"],
+                                                            recorded_held_out(cfg["extractor_run"]))
     train, val = splits["train"], splits["validation"]
     feat_dim = int(train["embeddings"].shape[1])
     a, b, y = mine_pairs(train["embeddings"], train["labels"], cfg["mine_top_n"], cfg["n_negatives"])
     if not len(y) or y.min() == y.max():
         raise ConfigError(f"mining found {int(y.sum())} positive and {int(len(y) - y.sum())} negative pairs in the "
-                          "train split's top-n; raise mine_top_n (or n_negatives) so both kinds occur.")
+                          f"top-n of the {mining_split(base, cfg['mine_from'])} rows ({len(train['labels'])} items); "
+                          "both kinds are needed: raise mine_top_n and n_negatives, or hold out more labels "
+                          "(holdout_labels) when the mined rows are few.")
     device = resolve_device(cfg["accelerator"])
     spec = {"name": cfg["pairwise_model"]["name"], "args": dict(cfg["pairwise_model"].get("args") or {}),
             "feat_dim": feat_dim}
@@ -252,7 +274,9 @@ def train_pairwise(config: Mapping | str | Path, overrides: Iterable[str] = (), 
         embedder = embedder_for(base)
         model = build_pairwise_model(spec["name"], spec["args"], extractor=embedder.model).to(device)
         x, encode = _trunk_maps(model, embedder, train["table"], cfg["bs_val"]), model.encode_maps
-        rerank_inputs = {"images": val["table"], "transform": embedder.transform}
+        # validation encodes the images as the cached maps were: same transforms and precision
+        rerank_inputs = {"images": val["table"], "transform": embedder.transform,
+                         "precision": str(embedder.precision)}
     else:
         model = build_pairwise_model(spec["name"], spec["args"], feat_dim=feat_dim).to(device)
         x, encode, rerank_inputs = torch.tensor(train["embeddings"]), model.encode, {}

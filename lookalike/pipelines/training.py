@@ -14,6 +14,7 @@ from typing import Any, Iterable, Mapping
 
 from lookalike.errors import CheckpointError, ConfigError
 from lookalike.pipelines.config import load_config
+from lookalike.pipelines.loading import HELD_OUT_FILE
 from lookalike.pipelines.runs import (
     RUN_DIR_ENV,
     launched_rank,
@@ -104,7 +105,7 @@ def _build_module(cfg: Mapping, data):
         raise ConfigError(f"backbone_lr: the extractor ({cfg['extractor']['name']}) has no `backbone` part, so its "
                           "head cannot get another learning rate; set backbone_lr: null (or give the class a "
                           "`backbone` attribute).")
-    return ExtractorModule(
+    module = ExtractorModule(
         extractor,
         criterion,
         metrics=builders.build_metrics(cfg),
@@ -117,6 +118,10 @@ def _build_module(cfg: Mapping, data):
         main_metric=cfg["metric_for_checkpointing"],
         channels_last=cfg["channels_last"],
     )
+    if not any(p.requires_grad for p in module.parameters()):
+        raise ConfigError("freeze_layers: they freeze every parameter of the extractor and the criterion has none, "
+                          "so nothing would train; leave some layers out of freeze_layers.")
+    return module
 
 
 def _build_datamodule(cfg: Mapping, data):
@@ -172,6 +177,11 @@ def _prepare_run_folder(cfg: Mapping, run_dir: Path | None, data) -> _Run:
     is_main = launched_rank() == 0
     if is_main:
         save_config(cfg, run_dir / "config.yaml")
+        if data.held_out is not None:  # what train-pairwise mines; it checks that it draws the same labels
+            from lookalike.io import write_json_atomic
+
+            write_json_atomic(run_dir / HELD_OUT_FILE, {"fraction": cfg["holdout_labels"], "seed": cfg["seed"],
+                                                        "labels": [int(x) for x in data.held_out]})
     ckpt_dir = run_dir / "checkpoints"
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=cfg["metric_for_checkpointing"],
                            mode=cfg["mode"], save_top_k=1, auto_insert_metric_name=False,

@@ -149,13 +149,13 @@ def pairwise_reranker(checkpoint: str, top_n: int = 5, blend: float = 0.0, batch
     """A `PairwiseReranker` with the embedding pairwise model saved by ``lookalike train-pairwise`` in
     ``checkpoint`` (its best.ckpt or pairwise.pt): the ``postprocessor`` block of the validate / train configs,
     ``{name: pairwise, args: {checkpoint: runs/x/pairwise/checkpoints/best.ckpt, top_n: 20}}``."""
-    from lookalike.models.pairwise import load_pairwise_model
+    from lookalike.models.pairwise import load_pairwise_model, saved_pairwise_spec
 
-    model = load_pairwise_model(checkpoint)
-    if getattr(model, "input_kind", "embeddings") != "embeddings":
+    if saved_pairwise_spec(checkpoint).get("name") == "image_siamese":
         raise LookalikeError(f"postprocessor pairwise: {checkpoint} holds an image pairwise model, which needs the "
                              "images of the validation set; validate it with lookalike train-pairwise (its "
                              "validation re-ranks with the images) or build PairwiseReranker(model, images=...) "
                              "in Python.")
+    model = load_pairwise_model(checkpoint)
     return PairwiseReranker(model, top_n=top_n, blend=blend, batch_size=batch_size, device=device,
                             precision=precision)

@@ -67,6 +67,25 @@ def test_embedding_model_learns_a_relation_the_cosine_misses():
     assert after > 0.85 and after > cosine + 0.1, (before, after, cosine)
 
 
+def test_residual_model_starts_at_the_cosine_order_and_learns_past_it():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(40, 4, generator=g)
+    labels = torch.arange(400) % 40
+    x = torch.cat([centres[labels] + 0.1 * torch.randn(400, 4, generator=g), 2.0 * torch.randn(400, 12, generator=g)], 1)
+    model = EmbeddingPairClassifier(16, hidden_dims=(64,), dropout=0.0, residual=True).eval()
+    a, b = torch.randint(400, (500,), generator=g), torch.randint(400, (500,), generator=g)
+    cosine = torch.nn.functional.cosine_similarity(x[a], x[b])
+    # untrained: the logit is an increasing affine function of the cosine, so candidates keep the search's order
+    with torch.no_grad():
+        assert torch.allclose(model(x[a], x[b]), 10.0 * (cosine - 0.5), atol=1e-5)
+    train, test = labels < 30, labels >= 30
+    ta, tb = pairs_of(labels[test], 600, g)
+    xt, lt = x[test], labels[test]
+    fit(model, x[train], labels[train], steps=150, lr=5e-3, generator=g)
+    after = auc(-model.predict(xt[ta], xt[tb]), lt[ta] == lt[tb])
+    assert after > auc(torch.nn.functional.cosine_similarity(xt[ta], xt[tb]), lt[ta] == lt[tb]) + 0.1
+
+
 def test_image_model_learns_from_feature_maps():
     # 16 x 16 images: a bright 4 x 4 square at one of 8 positions (the label), plus noise
     g = torch.Generator().manual_seed(1)

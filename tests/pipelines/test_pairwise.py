@@ -88,6 +88,9 @@ def test_pairs_come_from_the_labels_the_extractor_run_held_out(extractor_run, tm
     assert mining_split(base, "auto") == "holdout" and mining_split(base, "train") == "train"
     mined = set(embed_splits(base, 64, "auto")["train"]["labels"].tolist())
     assert mined and mined < trained and len(mined) == round(0.3 * len(trained))
+    with pytest.raises(ConfigError, match="differ from the ones the extractor run recorded"):
+        embed_splits(base, 64, "auto", recorded=sorted(mined)[1:] + [10_000])
+    assert set(embed_splits(base, 64, "auto", recorded=sorted(mined))["train"]["labels"].tolist()) == mined
     with pytest.raises(ConfigError, match="mine_from"):
         load_pairwise_config(config, ["mine_from=test"])
 

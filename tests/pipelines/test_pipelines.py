@@ -348,3 +348,18 @@ def test_freeze_layers_keep_their_weights_and_batchnorm_statistics(dataset, tmp_
     assert trained_rest and not all(torch.equal(before[k], after[k]) for k in trained_rest)
     with pytest.raises(ConfigError, match=r"'backbone\.9' is not a module.*backbone\.0, backbone\.1"):
         train(TRIPLET, tiny(dataset, tmp_path, freeze_layers="[backbone.9]", run_name="bad"))
+    with pytest.raises(ConfigError, match="nothing would train"):
+        train(TRIPLET, tiny(dataset, tmp_path, freeze_layers="[backbone, head]", run_name="bad2"))
+
+
+def test_holdout_labels_stay_out_of_training_and_are_recorded(dataset, tmp_path):
+    from tests.pipelines.conftest import N_TRAIN_LABELS
+
+    arcface = {**TRIPLET, "sampler": None, "criterion": {"name": "arcface", "args": {}}}
+    result = train(arcface, tiny(dataset, tmp_path, holdout_labels=0.25, run_name="ho"))
+    recorded = json.loads((Path(result["run_dir"]) / "holdout_labels.json").read_text())
+    assert recorded["fraction"] == 0.25 and len(recorded["labels"]) == round(0.25 * N_TRAIN_LABELS)
+    state = torch.load(result["last_checkpoint"], weights_only=True)["state_dict"]
+    trained_ids = state["criterion.label_ids"].tolist()  # the labels ArcFace has a class centre for
+    assert len(trained_ids) == N_TRAIN_LABELS - len(recorded["labels"])
+    assert not set(trained_ids) & set(recorded["labels"])
