@@ -66,7 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "pairwise.yaml"
         config.write_text("extractor_run: " + args.run + "\n")
-        cfg, _ = load_pairwise_config(config, [f"extractor_run={args.run}"])
+        cfg, _ = load_pairwise_config(config, [f"extractor_run={args.run}", "accelerator=cpu"])
         base = _extractor_config(cfg)
         mined_from = mining_split(base, "auto")
         splits, embed_s = timed(lambda: embed_splits(base, 256))
@@ -110,7 +110,8 @@ def main() -> None:
     load = os.getloadavg()
     reference = ""
     if args.reference_run:
-        ref_cfg, _ = load_pairwise_config(config_for(args.reference_run), [f"extractor_run={args.reference_run}"])
+        ref_cfg, _ = load_pairwise_config(config_for(args.reference_run),
+                                          [f"extractor_run={args.reference_run}", "accelerator=cpu"])
         ref = embed_splits(_extractor_config(ref_cfg), 256, "train")["validation"]
         ref_o = _metrics(ref)["OVERALL"]
         reference = (f"The same recipe trained on every train label (`{args.reference_run}`): CMC@1 "
