@@ -32,6 +32,8 @@ __all__ = [
 def build_component(block: str, spec: Mapping[str, Any], where: str | None = None, **context: Any) -> Any:
     """Instantiate ``spec = {name, args}`` from the registry of ``block``; ``context`` holds inferable values."""
     where = where or block
+    if block == "criterion" and spec.get("name") == "sum":
+        return _build_sum(spec, where, context)
     registry = REGISTRIES[block]
     fn, fixed = registry.resolve(spec["name"], f"{where}.name")
     params = signature_without(registry.signature_callable(spec["name"], f"{where}.name"), fixed).parameters
@@ -127,24 +129,27 @@ def build_criterion(cfg: Mapping, feat_dim: int, labels, label2category: Mapping
     labels = np.unique(np.asarray(labels)).tolist()
     context = {"in_features": feat_dim, "num_classes": len(labels), "labels": labels,
                "label2category": label2category}
-    spec = cfg["criterion"]
-    if spec["name"] == "sum":  # a weighted sum: each term is a criterion block, sized like a top-level one
-        from lookalike.losses.combined import WeightedSumLoss
+    return build_component("criterion", cfg["criterion"], **context)
 
-        args = dict(spec.get("args") or {})
-        terms = args.pop("criteria", None)
-        if not isinstance(terms, list) or not terms:
-            raise ConfigError("criterion.args.criteria: give a list of criterion blocks, e.g. [{name: arcface, "
-                              "args: {}}, {name: triplet_with_miner, args: {miner: hard_triplets}}].")
-        built = []
-        for i, term in enumerate(terms):
-            term = {"name": term, "args": {}} if isinstance(term, str) else term
-            if not isinstance(term, Mapping) or "name" not in term or term["name"] == "sum":
-                raise ConfigError(f"criterion.args.criteria[{i}]: expected a criterion block {{name, args}} other "
-                                  f"than sum, got {term!r}.")
-            built.append(build_component("criterion", term, f"criterion.args.criteria[{i}]", **context))
-        return _call(WeightedSumLoss, {"criteria": built, **args}, "criterion", "sum")
-    return build_component("criterion", spec, **context)
+
+def _build_sum(spec: Mapping[str, Any], where: str, context: Mapping[str, Any]) -> Any:
+    """``criterion: sum``: each term of ``args.criteria`` is a criterion block, sized from ``context`` like a
+    top-level one (the nested-block mechanism passes no inferred values)."""
+    from lookalike.losses.combined import WeightedSumLoss
+
+    args = dict(spec.get("args") or {})
+    terms = args.pop("criteria", None)
+    if not isinstance(terms, list) or not terms:
+        raise ConfigError(f"{where}.args.criteria: give a list of criterion blocks, e.g. [{{name: arcface, args: {{}}}}, "
+                          "{name: triplet_with_miner, args: {miner: hard_triplets}}].")
+    built = []
+    for i, term in enumerate(terms):
+        term = {"name": term, "args": {}} if isinstance(term, str) else term
+        if not isinstance(term, Mapping) or "name" not in term or term["name"] == "sum":
+            raise ConfigError(f"{where}.args.criteria[{i}]: expected a criterion block {{name, args}} other than "
+                              f"sum, got {term!r}.")
+        built.append(build_component("criterion", term, f"{where}.args.criteria[{i}]", **context))
+    return _call(WeightedSumLoss, {"criteria": built, **args}, where, "sum")
 
 
 def build_optimizer(cfg: Mapping, params):

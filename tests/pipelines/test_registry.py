@@ -21,6 +21,8 @@ SMALL_ARGS = {
     ("sampler", "category_balance"): {"n_labels": 2, "n_instances": 2, "n_categories": 1},
     ("sampler", "distinct_category_balance"): {"n_labels": 2, "n_instances": 2, "n_categories": 2},
     ("miner", "memory_bank"): {"bank_size_in_batches": 2},
+    ("criterion", "sum"): {"criteria": ["arcface", {"name": "triplet_with_miner", "args": {"miner": "hard_triplets"}}],
+                           "weights": [1.0, 0.5]},
     ("scheduler", "step"): {"step_size": 1},
     ("scheduler", "multi_step"): {"milestones": [1]},
     ("scheduler", "exponential"): {"gamma": 0.9},
