@@ -28,14 +28,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 SECTION = "## Validation metrics at scale (public API)"
 
-from bench_validation import peak_rss_mib  # noqa: E402 - a sibling script (benchmarks/ is on sys.path)
-
-
-def rss_now_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+from bench_validation import peak_rss_mib, proc_status_mib  # noqa: E402 - a sibling script (benchmarks/ on sys.path)
 
 
 def make_embeddings(n: int, dim: int, kind: str, seed: int = 0) -> torch.Tensor:
@@ -75,7 +68,7 @@ def large_worker(n: int, nq: int, dim: int, kind: str, distance: str, api: str) 
     is_query = torch.zeros(n, dtype=torch.bool)
     is_query[:nq] = True
     is_gallery = ~is_query
-    rss_data = rss_now_mib()
+    rss_data = proc_status_mib("VmRSS")
     start = time.perf_counter()
     if api == "evaluate_embeddings":
         out = evaluate_embeddings(x, labels, is_query, is_gallery, cmc_top_k=(1, 5, 10), precision_top_k=(10,),

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench_validation import proc_status_mib  # noqa: E402 - a sibling script (benchmarks/ is on sys.path)
 from lookalike.retrieval import ExactSearch, FaissSearch  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
@@ -59,21 +60,13 @@ def naive_topk(q: torch.Tensor, g: torch.Tensor, k: int):
     return v, i
 
 
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
-
-
 def rss_peak_mb() -> float:
     """Peak RSS of this process image: VmHWM (ru_maxrss would include the parent's RSS at fork time)."""
-    return _status_mb("VmHWM")
+    return proc_status_mib("VmHWM")
 
 
 def rss_now_mb() -> float:
-    return _status_mb("VmRSS")
+    return proc_status_mib("VmRSS")
 
 
 # --- sections ---------------------------------------------------------------------------------------------

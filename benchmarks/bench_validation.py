@@ -27,11 +27,16 @@ OML_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "open-metric-learnin
 SECTION = "## Validation metrics vs OML 4.0.0"
 
 
-def peak_rss_mib() -> float:
+def proc_status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (VmHWM: peak RSS of this process image, VmRSS: now) in MiB."""
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_mib() -> float:
+    return proc_status_mib("VmHWM")
 
 
 def ours(data: Path, backend: str) -> dict:
