@@ -83,8 +83,16 @@ def main() -> None:
         if args.image_pairs:
             siamese = "pairwise_model={name: image_siamese, args: {channels: 64, hidden_dims: [128]}}"
             img = train_pairwise(config, [*common, siamese, f"output_dir={tmp}/out_img"], splits=splits)
-            image_model = load_pairwise_model(img["best_checkpoint"], extractor=embedder_for(base).model)
+            image_model = load_pairwise_model(img["best_checkpoint"], extractor=embedder.model)
             image_row = (img, image_model)
+        reference = ""
+        if args.reference_run:  # its validation embeddings only: the same validation table
+            ref_cfg, _ = load_pairwise_config(config, [f"extractor_run={args.reference_run}", "accelerator=cpu"])
+            ref = embedder_for(_extractor_config(ref_cfg)).embed_source(image_source(val["table"]), progress=False)
+            ref_o = _metrics({**val, "embeddings": ref.embeddings})["OVERALL"]
+            reference = (f"The same recipe trained on every train label (`{args.reference_run}`): CMC@1 "
+                         f"{ref_o['cmc'][1]:.4f}, mAP@5 {ref_o['map'][5]:.4f}: the like-for-like baseline of "
+                         "\"base + re-ranker\" rows below, whose extractor trained on fewer labels.")
     torch.set_num_threads(torch.get_num_threads())
 
     rows = []
@@ -108,15 +116,6 @@ def main() -> None:
     rows[0] = (*rows[0][:3], base_s)
 
     load = os.getloadavg()
-    reference = ""
-    if args.reference_run:
-        ref_cfg, _ = load_pairwise_config(config_for(args.reference_run),
-                                          [f"extractor_run={args.reference_run}", "accelerator=cpu"])
-        ref = embed_splits(_extractor_config(ref_cfg), 256, "train")["validation"]
-        ref_o = _metrics(ref)["OVERALL"]
-        reference = (f"The same recipe trained on every train label (`{args.reference_run}`): CMC@1 "
-                     f"{ref_o['cmc'][1]:.4f}, mAP@5 {ref_o['map'][5]:.4f}: the like-for-like baseline of "
-                     "\"base + re-ranker\" rows below, whose extractor trained on fewer labels.")
     n_labels = len(set(train["labels"].tolist()))
     lines = [SECTION, "",
              f"Command: `.venv/bin/python benchmarks/bench_rerank.py {' '.join(sys.argv[1:])}`; "
@@ -148,13 +147,6 @@ def main() -> None:
         from results_md import write_section
 
         write_section(SECTION, text)
-
-
-def config_for(run: str) -> Path:
-    """A throwaway pairwise config naming ``run`` (load_pairwise_config reads a file)."""
-    path = Path(tempfile.mkdtemp()) / "pairwise.yaml"
-    path.write_text("extractor_run: " + run + "\n")
-    return path
 
 
 if __name__ == "__main__":
