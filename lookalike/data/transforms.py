@@ -13,7 +13,8 @@ from torchvision.transforms import v2
 
 from lookalike.errors import LookalikeError, unknown_choice
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TRANSFORM_PRESETS", "get_transforms", "denormalize"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "TRANSFORM_PRESETS", "CROP_RATIO", "get_transforms", "denormalize",
+           "random_resized_crop_maps"]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,6 +33,10 @@ class _PadToSquare(torch.nn.Module):
         return v2.functional.pad(image, [left, top, side - width - left, side - height - top], fill=fill)
 
 
+#: aspect ratios (width / height) of the `train` preset's random resized crops
+CROP_RATIO = (0.8, 1.25)
+
+
 def _normalise() -> list[v2.Transform]:
     return [v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD), v2.ToPureTensor()]
 
@@ -44,7 +49,7 @@ def _train(image_size: int, scale: tuple[float, float] = (0.6, 1.0), hflip: floa
     steps: list = [v2.ToImage(), _PadToSquare()]
     if rotation > 0:
         steps.append(v2.RandomRotation(rotation, fill=255))
-    steps += [v2.RandomResizedCrop(image_size, scale=scale, ratio=(0.8, 1.25), antialias=True),
+    steps += [v2.RandomResizedCrop(image_size, scale=scale, ratio=CROP_RATIO, antialias=True),
               v2.RandomHorizontalFlip(hflip)]
     if jitter > 0 or hue > 0:
         steps.append(v2.ColorJitter(brightness=jitter, contrast=jitter, saturation=jitter, hue=hue))
@@ -91,3 +96,32 @@ def denormalize(tensor: torch.Tensor) -> torch.Tensor:
     std = torch.tensor(IMAGENET_STD, dtype=tensor.dtype, device=tensor.device).view(-1, 1, 1)
     return (tensor * std + mean).clamp(0, 1)
 
+
+
+def random_resized_crop_maps(maps: torch.Tensor, scale: tuple[float, float] = (0.6, 1.0),
+                             ratio: tuple[float, float] = CROP_RATIO, attempts: int = 10) -> torch.Tensor:
+    """One random resized crop per map of a batch (B, C, H, W), resampled to (H, W) by one bilinear grid_sample.
+
+    The crops follow `v2.RandomResizedCrop`'s distribution for square inputs: up to ``attempts`` draws of an area
+    fraction (uniform in ``scale``) and a width/height ratio (log-uniform in ``ratio``), the first crop that fits
+    kept, else the whole map; its position uniform where it fits. Draws from torch's global RNG, which the
+    training loop seeds per epoch."""
+    import math
+
+    import torch.nn.functional as F
+
+    b = maps.shape[0]
+    area = torch.empty(b, attempts).uniform_(float(scale[0]), float(scale[1]))
+    aspect = torch.exp(torch.empty(b, attempts).uniform_(math.log(ratio[0]), math.log(ratio[1])))
+    width, height = (area * aspect).sqrt(), (area / aspect).sqrt()
+    fits = (width <= 1) & (height <= 1)
+    first = fits.float().argmax(dim=1, keepdim=True)  # the first attempt that fits (0 when none does)
+    found = fits.any(dim=1)
+    width = torch.where(found, width.gather(1, first).squeeze(1), torch.ones(b))
+    height = torch.where(found, height.gather(1, first).squeeze(1), torch.ones(b))
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0], theta[:, 1, 1] = width, height  # the crop's half-sides, in [-1, 1] coordinates
+    theta[:, 0, 2] = (torch.rand(b) * 2 - 1) * (1 - width)  # its centre, anywhere the crop fits
+    theta[:, 1, 2] = (torch.rand(b) * 2 - 1) * (1 - height)
+    grid = F.affine_grid(theta.to(maps.device, maps.dtype), list(maps.shape), align_corners=False)
+    return F.grid_sample(maps, grid, mode="bilinear", padding_mode="border", align_corners=False)

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Extractor"]
+__all__ = ["Extractor", "Stages"]
+
+#: a backbone as a plain sequence: its stages in order (extractor-level module names) and the pooling after them
+Stages = tuple[list[tuple[str, nn.Module]], Callable[[Tensor], Tensor]]
 
 
 class Extractor(nn.Module):
@@ -63,6 +67,35 @@ class Extractor(nn.Module):
         override it; the default knows none."""
         return None
 
+    def backbone_stages(self) -> Stages | None:
+        """The backbone as ordered stages and the pooling after them, for backbones that are a plain sequence
+        (CNNs); None where they are not. `split_frozen_prefix` uses it."""
+        return None
+
+    def split_frozen_prefix(self, names: Sequence[str]) -> tuple[nn.Module, nn.Module]:
+        """``(trunk, rest)`` with ``rest(trunk(images)) == self(images)``: ``trunk`` runs the stages ``names``
+        (extractor-level module names, e.g. ``backbone.net.blocks.0``), which must be the backbone's first stages,
+        ``rest`` runs the others, the pooling, the head and the normalisation. Both share this extractor's
+        modules. Lets training compute a frozen trunk's output once per image instead of once per step."""
+        from lookalike.errors import LookalikeError
+
+        described = self.backbone_stages()
+        if described is None:
+            raise LookalikeError(f"{type(self).__name__}: its backbone is not a plain sequence of stages, so it cannot "
+                                 "be split after its first stages (supported: ResNet, SmallCNN, and timm "
+                                 "EfficientNet / MobileNet / ResNet families).")
+        stages, pool = described
+        order = [name for name, _ in stages]
+        wanted = list(dict.fromkeys(names))
+        if not wanted or order[:len(wanted)] != wanted:
+            shown = ", ".join(order[:6]) + (" ..." if len(order) > 6 else "")
+            raise LookalikeError(f"the layers {wanted} are not the first stages of {type(self).__name__}'s backbone "
+                                 f"in order; its stages: {shown}. Name a prefix of them, in that order.")
+        if len(wanted) == len(order):
+            raise LookalikeError("the layers name every stage of the backbone: nothing after them would train.")
+        trunk = nn.Sequential(*(module for _, module in stages[:len(wanted)]))
+        return trunk, _Rest(self, [module for _, module in stages[len(wanted):]], pool)
+
     def freeze_backbone(self) -> None:
         """Train only the head (e.g. for the first epochs on top of pretrained weights). Only gradients are
         switched off: call `self.backbone.eval()` too to keep BatchNorm statistics fixed."""
@@ -71,3 +104,18 @@ class Extractor(nn.Module):
     def unfreeze_backbone(self) -> None:
         """Make the backbone trainable again."""
         self.backbone.requires_grad_(True)
+
+
+class _Rest(nn.Module):
+    """The part of an extractor after a split trunk: later stages, pooling, head, normalisation."""
+
+    def __init__(self, extractor: Extractor, stages: list[nn.Module], pool: Callable[[Tensor], Tensor]) -> None:
+        super().__init__()
+        self.stages = nn.Sequential(*stages)
+        self.head = extractor.head
+        self.normalise = extractor.normalise
+        self._pool = [pool]  # a bound method of the backbone, or a module it already holds
+
+    def forward(self, maps: Tensor) -> Tensor:
+        features = self.head(self._pool[0](self.stages(maps)))
+        return F.normalize(features, dim=1) if self.normalise else features

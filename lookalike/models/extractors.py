@@ -13,7 +13,7 @@ import torchvision
 from torch import Tensor, nn
 
 from lookalike.errors import LookalikeError, unknown_choice
-from lookalike.models.base import Extractor
+from lookalike.models.base import Extractor, Stages
 from lookalike.models.pooling import POOLINGS, make_pooling
 
 __all__ = ["ResNetExtractor", "ViTExtractor", "TimmExtractor", "SmallCNNExtractor", "RESNETS", "VITS"]
@@ -38,6 +38,11 @@ class ResNetExtractor(Extractor):
         self.arch = arch
         super().__init__(nn.Sequential(body, make_pooling(pooling)), net.fc.in_features,
                          embedding_dim=embedding_dim, normalise=normalise, weights=weights)
+
+    def backbone_stages(self) -> Stages:
+        """conv1, bn1, relu, maxpool, layer1-4 (``backbone.0.<i>``), then the pooling."""
+        body, pool = self.backbone[0], self.backbone[1]
+        return [(f"backbone.0.{i}", module) for i, module in enumerate(body)], pool
 
     def plain_key(self, key: str) -> str | None:
         """`layer1.0.conv1.weight` of torchvision's ResNet -> `backbone.0.4.0.conv1.weight`; `fc.*` -> None."""
@@ -140,6 +145,21 @@ class TimmExtractor(Extractor):
         super().__init__(_TimmBackbone(net, pool), int(dim), embedding_dim=embedding_dim, normalise=normalise,
                          weights=weights)
 
+    def backbone_stages(self) -> Stages | None:
+        """EfficientNet / MobileNet families (conv_stem, bn1, blocks.<i>, conv_head, bn2) and ResNets (conv1, bn1,
+        act1, maxpool, layer1-4) as ``backbone.net.<name>`` stages, then timm's pooling (or ours); None for other
+        timm models."""
+        net, pool = self.backbone.net, self.backbone.pooling
+        if all(hasattr(net, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
+            names = ["conv_stem", "bn1", *(f"blocks.{i}" for i in range(len(net.blocks))), "conv_head", "bn2"]
+        elif all(hasattr(net, a) for a in ("conv1", "bn1", "act1", "maxpool", "layer4")):
+            names = ["conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+        else:
+            return None
+        modules = dict(net.named_modules())
+        tail = net.forward_head if pool is None else pool
+        return [(f"backbone.net.{name}", modules[name]) for name in names], tail
+
     def plain_key(self, key: str) -> str | None:
         """timm's keys live under `backbone.net.`; its classifier (`classifier.*`, `fc.*`, `head.fc.*`) is not
         kept (num_classes=0)."""
@@ -180,4 +200,9 @@ class SmallCNNExtractor(Extractor):
         stages = [_conv_block(c_in, c_out) for c_in, c_out in zip((3, *channels[:-1]), channels)]
         super().__init__(nn.Sequential(*stages, make_pooling(pooling)), channels[-1], embedding_dim=embedding_dim,
                          normalise=normalise, weights=weights)
+
+    def backbone_stages(self) -> Stages:
+        """The conv stages (``backbone.<i>``), then the pooling."""
+        *stages, pool = self.backbone
+        return [(f"backbone.{i}", module) for i, module in enumerate(stages)], pool
 

@@ -143,6 +143,10 @@ SCHEMA: dict[str, Key] = {
            "names of extractor modules kept frozen for the whole run, weights and BatchNorm statistics (e.g. the "
            "stem and first blocks of a pretrained CNN: generic features kept, faster steps); see docs/pipelines.md",
            section="training"),
+        _k("cache_frozen_trunk", (BOOL,), False,
+           "run the frozen first stages (freeze_layers, a prefix of the backbone) once per training image, at the "
+           "start of training, and train on random crops of their cached feature maps: faster steps; the training "
+           "transform may only crop (see docs/pipelines.md)", section="training"),
         _k("backbone_lr", (NUM, NULL), None,
            "learning rate of the extractor's `backbone` (a pretrained start wants it below the new head's); "
            "null = the optimizer's lr for every parameter", minimum=0, section="training"),

@@ -84,6 +84,7 @@ class ExtractorModule(pl.LightningModule):
         backbone_lr: float | None = None,
         main_metric: str = "OVERALL/cmc/1",
         channels_last: bool = False,
+        trunk_cache: Any = None,
     ) -> None:
         super().__init__()
         self.channels_last = channels_last
@@ -92,6 +93,9 @@ class ExtractorModule(pl.LightningModule):
         self.extractor = extractor
         self.criterion = criterion
         self._metrics = [metrics]  # a list keeps it out of the module tree (and out of checkpoints)
+        # `cache_frozen_trunk`: training batches carry row positions, embedded from cached trunk maps (its modules
+        # are the extractor's: kept out of the module tree too)
+        self._trunk_cache = [trunk_cache]
         self.optimizer_factory = optimizer_factory
         self.scheduler_factory = scheduler_factory
         self.freeze_backbone_epochs = int(freeze_backbone_epochs)
@@ -155,7 +159,9 @@ class ExtractorModule(pl.LightningModule):
             self._apply_freeze()
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        features = self(batch[schema.INPUT_KEY])
+        cache = self._trunk_cache[0]
+        inputs = batch[schema.INPUT_KEY]
+        features = self(inputs) if cache is None else cache.features(inputs, self.device)
         labels = batch[schema.LABEL_KEY]
         with torch.autocast(device_type=features.device.type, enabled=False):
             loss = self.criterion(features.float(), labels)

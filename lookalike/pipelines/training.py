@@ -117,11 +117,23 @@ def _build_module(cfg: Mapping, data):
         backbone_lr=cfg["backbone_lr"],
         main_metric=cfg["metric_for_checkpointing"],
         channels_last=cfg["channels_last"],
+        trunk_cache=_trunk_cache(cfg, extractor, data),
     )
     if not any(p.requires_grad for p in module.parameters()):
         raise ConfigError("freeze_layers: they freeze every parameter of the extractor and the criterion has none, "
                           "so nothing would train; leave some layers out of freeze_layers.")
     return module
+
+
+def _trunk_cache(cfg: Mapping, extractor, data):
+    """The frozen trunk's feature-map cache of ``cache_frozen_trunk`` (None when off)."""
+    if not cfg["cache_frozen_trunk"]:
+        return None
+    if data.modality != "image":
+        raise ConfigError("cache_frozen_trunk: caches the feature maps of images; a text extractor has none.")
+    from lookalike.pipelines.trunk_cache import build_trunk_cache
+
+    return build_trunk_cache(cfg, extractor, data.train.table)
 
 
 def _build_datamodule(cfg: Mapping, data):
@@ -131,8 +143,13 @@ def _build_datamodule(cfg: Mapping, data):
     def sampler_factory(rank: int, world: int):
         return builders.build_sampler(cfg, data.train.labels, data.label2category, rank, world)
 
+    train_rows = data.train
+    if cfg["cache_frozen_trunk"]:  # row positions only: the images were encoded once, by the trunk cache
+        from lookalike.pipelines.trunk_cache import RowsOnly
+
+        train_rows = RowsOnly(data.train.table)
     return MetricLearningData(
-        data.train,
+        train_rows,
         data.val,
         sampler_factory=sampler_factory if cfg["sampler"] is not None else None,
         bs_train=cfg["bs_train"],

@@ -82,3 +82,47 @@ def test_unknown_preset_lists_names_and_suggests_the_close_one():
     with pytest.raises(LookalikeError, match="did you mean 'train'") as info:
         get_transforms("trian")
     assert all(name in str(info.value) for name in [*TRANSFORM_PRESETS, "none"])
+
+
+def test_map_crops_with_full_area_and_square_ratio_are_the_identity():
+    from lookalike.data.transforms import random_resized_crop_maps
+
+    maps = torch.randn(3, 5, 8, 8)
+    assert torch.allclose(random_resized_crop_maps(maps, scale=(1.0, 1.0), ratio=(1.0, 1.0)), maps, atol=1e-6)
+    # scale 1 with other ratios: no crop fits, so torchvision keeps the whole image, and so do we
+    assert torch.allclose(random_resized_crop_maps(maps, scale=(1.0, 1.0)), maps, atol=1e-6)
+
+
+def test_map_crops_resample_a_ramp_at_the_drawn_zoom():
+    """A horizontal ramp of slope 1 per pixel, cropped to a quarter of its area (half of each side) and resized back,
+    has slope 1/2 per pixel (inside: a crop at the border reaches the last pixel's outer half, where the map's value
+    is held) and stays inside the original values."""
+    from lookalike.data.transforms import random_resized_crop_maps
+
+    ramp = torch.arange(16.0).view(1, 1, 1, 16).expand(4, 2, 16, 16)
+    out = random_resized_crop_maps(ramp, scale=(0.25, 0.25), ratio=(1.0, 1.0))
+    inner = out.diff(dim=-1)[..., 1:-1]
+    assert torch.allclose(inner, torch.full_like(inner, 0.5), atol=1e-5)
+    assert torch.allclose(out.diff(dim=-2), torch.zeros_like(out.diff(dim=-2)), atol=1e-5)
+    assert out.min() >= 0 and out.max() <= 15
+
+
+def test_map_crop_sizes_follow_torchvision_random_resized_crop():
+    """Widths and the share of whole-image crops match v2.RandomResizedCrop.get_params on a square image."""
+    from torchvision.transforms import v2
+
+    from lookalike.data.transforms import CROP_RATIO, random_resized_crop_maps
+
+    torch.manual_seed(0)
+    n, side = 4000, 64
+    params = [v2.RandomResizedCrop.get_params(torch.zeros(1, side, side), scale=[0.3, 1.0], ratio=list(CROP_RATIO))
+              for _ in range(n)]
+    tv_width = torch.tensor([p[3] / side for p in params])
+    # our widths, read off a ramp whose value is the sampling coordinate (align_corners=False pixel centres)
+    coords = (torch.arange(side) * 2 + 1) / side - 1
+    ramp = coords.view(1, 1, 1, side).expand(n, 1, 2, side).contiguous()
+    out = random_resized_crop_maps(ramp, scale=(0.3, 1.0))
+    width = (out[:, 0, 0, -1] - out[:, 0, 0, 0]) / (coords[-1] - coords[0])
+    assert abs(width.mean() - tv_width.mean()) < 0.01
+    assert abs(width.std() - tv_width.std()) < 0.01
+    assert abs((width > 0.999).float().mean() - (tv_width == 1).float().mean()) < 0.02

@@ -104,3 +104,36 @@ def test_channels_last_gives_the_same_embeddings():
     expected = model(x)
     model = model.to(memory_format=torch.channels_last)
     assert torch.allclose(model(x.contiguous(memory_format=torch.channels_last)), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("build, prefix", [
+    (lambda: ResNetExtractor("resnet18", embedding_dim=16), ["backbone.0.0", "backbone.0.1", "backbone.0.2"]),
+    (lambda: SmallCNNExtractor((8, 16), embedding_dim=8), ["backbone.0"]),
+    (lambda: TimmExtractor("tf_efficientnet_lite0", embedding_dim=32),
+     ["backbone.net.conv_stem", "backbone.net.bn1", "backbone.net.blocks.0", "backbone.net.blocks.1"]),
+    (lambda: TimmExtractor("resnet18", embedding_dim=32, pooling="gem"), ["backbone.net.conv1", "backbone.net.bn1"]),
+])
+def test_split_after_the_frozen_prefix_computes_the_same_embeddings(build, prefix):
+    torch.manual_seed(0)
+    extractor = build().eval()
+    trunk, rest = extractor.split_frozen_prefix(prefix)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = trunk(images)
+        assert maps.ndim == 4 and maps.shape[-1] < 64  # feature maps, not embeddings
+        assert torch.allclose(rest(maps), extractor(images), atol=1e-6)
+    shared = {id(p) for p in extractor.parameters()}
+    assert all(id(p) in shared for p in [*trunk.parameters(), *rest.parameters()])  # no copies
+
+
+def test_split_refuses_what_is_not_a_prefix():
+    lite = TimmExtractor("tf_efficientnet_lite0")
+    with pytest.raises(LookalikeError, match=r"not the first stages.*backbone\.net\.conv_stem, backbone\.net\.bn1"):
+        lite.split_frozen_prefix(["backbone.net.bn1"])
+    with pytest.raises(LookalikeError, match="not the first stages"):
+        lite.split_frozen_prefix(["backbone.net.bn1", "backbone.net.conv_stem"])  # out of order
+    small = SmallCNNExtractor((8, 16))
+    with pytest.raises(LookalikeError, match="nothing after them would train"):
+        small.split_frozen_prefix(["backbone.0", "backbone.1"])
+    with pytest.raises(LookalikeError, match="not a plain sequence of stages"):
+        ViTExtractor("vit_b_32", image_size=32).split_frozen_prefix(["backbone.net.conv_proj"])
