@@ -97,7 +97,6 @@ def denormalize(tensor: torch.Tensor) -> torch.Tensor:
     return (tensor * std + mean).clamp(0, 1)
 
 
-
 def random_resized_crop_maps(maps: torch.Tensor, scale: tuple[float, float] = (0.6, 1.0),
                              ratio: tuple[float, float] = CROP_RATIO, attempts: int = 10) -> torch.Tensor:
     """One random resized crop per map of a batch (B, C, H, W), resampled to (H, W) by one bilinear grid_sample.

@@ -96,8 +96,6 @@ class FrozenTrunkCache:
     @torch.no_grad()
     def build(self, device: torch.device) -> None:
         """Encode every training image with the trunk (eval mode), into maps on the CPU (`dtype`)."""
-        import os
-
         started = time.perf_counter()
         self.trunk.eval()
         loader = DataLoader(self.images, batch_size=self.batch_size, shuffle=False)
@@ -105,22 +103,15 @@ class FrozenTrunkCache:
         for batch in loader:
             out = self.trunk(self._layout(batch["input"].to(device))).to("cpu", self.dtype)
             if maps is None:
-                need = out[0].numel() * out.element_size() * len(self.images)
-                total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-                if need > MEMORY_SHARE * total:
-                    raise ConfigError(
-                        f"cache_frozen_trunk: the feature maps of {len(self.images)} training images "
-                        f"({tuple(out.shape[1:])} each) need {need / 2**30:.1f} GiB, over half of this machine's "
-                        f"{total / 2**30:.1f} GiB; freeze fewer or more stages (smaller maps), lower image_size, or set "
-                        "cache_frozen_trunk: false.")
                 maps = torch.empty((len(self.images), *out.shape[1:]), dtype=self.dtype)
                 filled = 0
             maps[filled:filled + len(out)] = out
             filled += len(out)
         self.maps = maps
         shape = "x".join(str(s) for s in maps.shape[1:])
+        size = maps.numel() * maps.element_size() / 2**20
         print(f"cache_frozen_trunk: {len(maps)} training images through the frozen stages once ({shape} maps, "
-              f"{maps.numel() * maps.element_size() / 2**20:.0f} MiB) in {time.perf_counter() - started:.1f} s", file=sys.stderr)
+              f"{size:.0f} MiB) in {time.perf_counter() - started:.1f} s", file=sys.stderr)
 
     def features(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Embeddings of the rows ``rows`` (positions in the training table) from randomly cropped cached maps."""
@@ -130,6 +121,33 @@ class FrozenTrunkCache:
             self.build(device)
         maps = self.maps[rows.to("cpu", torch.long)].to(device).float()
         return self.rest(self._layout(random_resized_crop_maps(maps, self.scale)))
+
+
+def _physical_memory() -> int | None:
+    """This machine's memory in bytes, where the OS tells (POSIX sysconf), else None."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _check_memory(trunk: torch.nn.Module, images: Dataset) -> None:
+    """ConfigError, before training starts, when the maps of every image would take over `MEMORY_SHARE` of the
+    machine's memory (the map size from the trunk's output on the first image)."""
+    total = _physical_memory()
+    if total is None or not len(images):
+        return
+    was_training = trunk.training
+    with torch.no_grad():
+        shape = tuple(trunk.eval()(images[0]["input"][None]).shape[1:])
+    trunk.train(was_training)
+    need = int(torch.Size(shape).numel()) * torch.finfo(FrozenTrunkCache.dtype).bits // 8 * len(images)
+    if need > MEMORY_SHARE * total:
+        raise ConfigError(f"cache_frozen_trunk: the feature maps of {len(images)} training images ({shape} each) "
+                          f"need {need / 2**30:.1f} GiB, over half of this machine's {total / 2**30:.1f} GiB; freeze "
+                          "more stages (later maps are smaller), lower image_size, or set cache_frozen_trunk: false.")
 
 
 def build_trunk_cache(cfg: Mapping, extractor: Any, train_table: Any) -> FrozenTrunkCache:
@@ -152,5 +170,6 @@ def build_trunk_cache(cfg: Mapping, extractor: Any, train_table: Any) -> FrozenT
     except LookalikeError as exc:
         raise ConfigError(f"cache_frozen_trunk: {exc}") from None
     images = make_dataset(train_table, build_transforms(cfg, "transforms_val"), cfg, cache=False)
+    _check_memory(trunk, images)
     return FrozenTrunkCache(trunk, rest, images, scale=crop_scale(cfg["transforms_train"]),
                             batch_size=cfg["bs_val"], channels_last=cfg["channels_last"])

@@ -70,3 +70,13 @@ def test_cached_trunk_refuses_what_it_cannot_reproduce(dataset, tmp_path, extra,
     overrides = {"freeze_layers": "[backbone.0]", "transforms_train": NO_PIXEL_AUGMENTATION, **extra}
     with pytest.raises(ConfigError, match=message):
         train(TRIPLET, tiny(dataset, tmp_path, cache_frozen_trunk="true", **overrides))
+
+
+def test_cached_trunk_refuses_maps_larger_than_the_memory_share_before_training(dataset, tmp_path, monkeypatch):
+    from lookalike.pipelines import trunk_cache
+
+    monkeypatch.setattr(trunk_cache, "MEMORY_SHARE", 1e-12)
+    with pytest.raises(ConfigError, match=r"feature maps of 48 training images \(\(32, 16, 16\) each\) need"):
+        train(TRIPLET, tiny(dataset, tmp_path, cache_frozen_trunk="true", freeze_layers="[backbone.0]",
+                            transforms_train=NO_PIXEL_AUGMENTATION, run_name="big"))
+    assert not (tmp_path / "big").exists()  # refused before a run folder was made
