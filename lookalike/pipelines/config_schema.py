@@ -143,6 +143,13 @@ SCHEMA: dict[str, Key] = {
            "names of extractor modules kept frozen for the whole run, weights and BatchNorm statistics (e.g. the "
            "stem and first blocks of a pretrained CNN: generic features kept, faster steps); see docs/pipelines.md",
            section="training"),
+        _k("mixstyle_layers", (STR_LIST,), [],
+           "extractor modules whose outputs MixStyle mixes during training (channel statistics of one image under "
+           "another's: style invariance, e.g. for drawing styles or cameras never seen); [] = off",
+           section="training"),
+        _k("mixstyle_p", (NUM,), 0.5, "probability that MixStyle acts on a batch", minimum=0, section="training"),
+        _k("mixstyle_alpha", (NUM,), 0.1, "Beta(alpha, alpha) of MixStyle's mixing weights", minimum=0,
+           section="training"),
         _k("cache_frozen_trunk", (BOOL,), False,
            "run the frozen first stages (freeze_layers, a prefix of the backbone) once per training image, at the "
            "start of training, and train on random crops of their cached feature maps: faster steps; the training "

@@ -85,6 +85,7 @@ class ExtractorModule(pl.LightningModule):
         main_metric: str = "OVERALL/cmc/1",
         channels_last: bool = False,
         trunk_cache: Any = None,
+        mixstyle: Any = None,
     ) -> None:
         super().__init__()
         self.channels_last = channels_last
@@ -96,6 +97,13 @@ class ExtractorModule(pl.LightningModule):
         # `cache_frozen_trunk`: training batches carry row positions, embedded from cached trunk maps (its modules
         # are the extractor's: kept out of the module tree too)
         self._trunk_cache = [trunk_cache]
+        # (MixStyle, layer names): a parameterless submodule, so it follows this module's train / eval switching
+        self.mixstyle = None
+        if mixstyle is not None:
+            from lookalike.models.mixstyle import attach_mixstyle
+
+            self.mixstyle, layers = mixstyle
+            attach_mixstyle(extractor, layers, self.mixstyle)
         self.optimizer_factory = optimizer_factory
         self.scheduler_factory = scheduler_factory
         self.freeze_backbone_epochs = int(freeze_backbone_epochs)

@@ -118,11 +118,29 @@ def _build_module(cfg: Mapping, data):
         main_metric=cfg["metric_for_checkpointing"],
         channels_last=cfg["channels_last"],
         trunk_cache=_trunk_cache(cfg, extractor, data),
+        mixstyle=_mixstyle(cfg),
     )
     if not any(p.requires_grad for p in module.parameters()):
         raise ConfigError("freeze_layers: they freeze every parameter of the extractor and the criterion has none, "
                           "so nothing would train; leave some layers out of freeze_layers.")
     return module
+
+
+def _mixstyle(cfg: Mapping):
+    """(MixStyle, layer names) of ``mixstyle_layers`` (None when empty)."""
+    layers = list(cfg["mixstyle_layers"])
+    if not layers:
+        return None
+    if cfg["cache_frozen_trunk"] and set(layers) & set(cfg["freeze_layers"]):
+        raise ConfigError("mixstyle_layers: with cache_frozen_trunk the frozen layers run once, before training, so "
+                          f"MixStyle cannot act on {sorted(set(layers) & set(cfg['freeze_layers']))}; name later layers.")
+    from lookalike.errors import LookalikeError
+    from lookalike.models.mixstyle import MixStyle
+
+    try:
+        return MixStyle(cfg["mixstyle_p"], cfg["mixstyle_alpha"]), layers
+    except LookalikeError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _trunk_cache(cfg: Mapping, extractor, data):

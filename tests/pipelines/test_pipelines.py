@@ -363,3 +363,21 @@ def test_holdout_labels_stay_out_of_training_and_are_recorded(dataset, tmp_path)
     trained_ids = state["criterion.label_ids"].tolist()  # the labels ArcFace has a class centre for
     assert len(trained_ids) == N_TRAIN_LABELS - len(recorded["labels"])
     assert not set(trained_ids) & set(recorded["labels"])
+
+
+def test_mixstyle_trains_and_leaves_validation_alone(dataset, tmp_path):
+    """MixStyle acts in training only: the run learns, and a validation of its checkpoint (a process without the
+    hooks) reproduces the metrics the run recorded with them attached."""
+    result = train(TRIPLET, tiny(dataset, tmp_path, max_epochs=2, mixstyle_layers="[backbone.0, backbone.1]",
+                                 mixstyle_p=1.0, run_name="mix"))
+    run = Path(result["run_dir"])
+    again = validate(run, ["progress_bar=false", "accelerator=cpu", f"output_dir={tmp_path}", "run_name=v"])
+    best_epoch = torch.load(result["best_checkpoint"], weights_only=True)["epoch"] + 1
+    recorded = json.loads((run / "metrics" / f"epoch_{best_epoch:03d}.json").read_text())["metrics"]
+    assert again["metrics"]["OVERALL"]["cmc"][1] == pytest.approx(float(recorded["OVERALL"]["cmc"]["1"]))
+    with pytest.raises(LookalikeError, match=r"mixstyle_layers: \['backbone\.7'\] are not modules"):
+        train(TRIPLET, tiny(dataset, tmp_path, mixstyle_layers="[backbone.7]", run_name="bad"))
+    with pytest.raises(ConfigError, match="with cache_frozen_trunk the frozen layers run once"):
+        train(TRIPLET, tiny(dataset, tmp_path, mixstyle_layers="[backbone.0]", freeze_layers="[backbone.0]",
+                            cache_frozen_trunk="true", run_name="bad2",
+                            transforms_train="{name: train, args: {hflip: 0.0, jitter: 0.0}}"))
