@@ -75,15 +75,15 @@ class Extractor(nn.Module):
     def split_frozen_prefix(self, names: Sequence[str]) -> tuple[nn.Module, nn.Module]:
         """``(trunk, rest)`` with ``rest(trunk(images)) == self(images)``: ``trunk`` runs the stages ``names``
         (extractor-level module names, e.g. ``backbone.net.blocks.0``), which must be the backbone's first stages,
-        ``rest`` runs the others, the pooling, the head and the normalisation. Both share this extractor's
+        ``rest`` runs the others (none when every stage is named), the pooling, the head and the normalisation. Both share this extractor's
         modules. Lets training compute a frozen trunk's output once per image instead of once per step."""
         from lookalike.errors import LookalikeError
 
         described = self.backbone_stages()
         if described is None:
             raise LookalikeError(f"{type(self).__name__}: its backbone is not a plain sequence of stages, so it cannot "
-                                 "be split after its first stages (supported: ResNet, SmallCNN, and timm "
-                                 "EfficientNet / MobileNet / ResNet families).")
+                                 "be split after its first stages (supported: ResNet, SmallCNN, and timm's "
+                                 "EfficientNet class (EfficientNet, -Lite, MobileNetV2, MNASNet) and ResNets).")
         stages, pool = described
         order = [name for name, _ in stages]
         wanted = list(dict.fromkeys(names))
@@ -91,8 +91,6 @@ class Extractor(nn.Module):
             shown = ", ".join(order[:6]) + (" ..." if len(order) > 6 else "")
             raise LookalikeError(f"the layers {wanted} are not the first stages of {type(self).__name__}'s backbone "
                                  f"in order; its stages: {shown}. Name a prefix of them, in that order.")
-        if len(wanted) == len(order):
-            raise LookalikeError("the layers name every stage of the backbone: nothing after them would train.")
         trunk = nn.Sequential(*(module for _, module in stages[:len(wanted)]))
         return trunk, _Rest(self, [module for _, module in stages[len(wanted):]], pool)
 

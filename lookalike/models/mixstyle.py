@@ -1,4 +1,4 @@
-"""MixStyle (Zhou et al., ICLR 2021): mixes the per-channel feature statistics of images in a batch during
+"""MixStyle (Zhou et al., ICLR 2021) for CNN feature maps (B, C, H, W): mixes the per-channel feature statistics of images in a batch during
 training, so that the network sees each image's content under other images' "style" (in a CNN's early layers the
 channel means and standard deviations carry style: palette, shading, line weight) and learns features that do not
 depend on it. A domain-generalisation regulariser: here, for drawing styles a model never saw.
@@ -32,16 +32,17 @@ class MixStyle(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or x.ndim != 4 or x.shape[0] < 2 or torch.rand(()).item() >= self.p:
             return x
-        b = x.shape[0]
+        b, dtype = x.shape[0], x.dtype
+        x = x.float()  # statistics in fp32, also under autocast
         mu = x.mean(dim=(2, 3), keepdim=True)
         sig = (x.var(dim=(2, 3), keepdim=True) + self.eps).sqrt()
         mu, sig = mu.detach(), sig.detach()  # the statistics are mixed, not learned through
         content = (x - mu) / sig
-        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((b, 1, 1, 1)).to(x.device, x.dtype)
+        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((b, 1, 1, 1)).to(x.device)
         perm = torch.randperm(b, device=x.device)
         mixed_mu = lam * mu + (1 - lam) * mu[perm]
         mixed_sig = lam * sig + (1 - lam) * sig[perm]
-        return content * mixed_sig + mixed_mu
+        return (content * mixed_sig + mixed_mu).to(dtype)
 
 
 def attach_mixstyle(model: nn.Module, layers: Sequence[str], mixstyle: MixStyle) -> list:

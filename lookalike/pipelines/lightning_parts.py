@@ -103,7 +103,7 @@ class ExtractorModule(pl.LightningModule):
             from lookalike.models.mixstyle import attach_mixstyle
 
             self.mixstyle, layers = mixstyle
-            attach_mixstyle(extractor, layers, self.mixstyle)
+            self._mixstyle_hooks = attach_mixstyle(extractor, layers, self.mixstyle)
         self.optimizer_factory = optimizer_factory
         self.scheduler_factory = scheduler_factory
         self.freeze_backbone_epochs = int(freeze_backbone_epochs)
@@ -116,6 +116,12 @@ class ExtractorModule(pl.LightningModule):
         self.last_results: dict | None = None
         self.last_flat: dict[str, float] = {}
         self.validated_epoch: int | None = None
+
+    def teardown(self, stage: str) -> None:
+        """Removes the MixStyle hooks: the extractor outlives the fit (it is returned and may be reused)."""
+        for handle in getattr(self, "_mixstyle_hooks", ()):
+            handle.remove()
+        self._mixstyle_hooks = []
 
     @property
     def metrics(self):

@@ -131,9 +131,14 @@ def _mixstyle(cfg: Mapping):
     layers = list(cfg["mixstyle_layers"])
     if not layers:
         return None
-    if cfg["cache_frozen_trunk"] and set(layers) & set(cfg["freeze_layers"]):
-        raise ConfigError("mixstyle_layers: with cache_frozen_trunk the frozen layers run once, before training, so "
-                          f"MixStyle cannot act on {sorted(set(layers) & set(cfg['freeze_layers']))}; name later layers.")
+    if cfg["cache_frozen_trunk"]:  # a layer in, inside or around the cached stages would never act, or act once
+        def overlaps(a: str, b: str) -> bool:
+            return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+        clash = sorted({m for m in layers for f in cfg["freeze_layers"] if overlaps(m, f)})
+        if clash:
+            raise ConfigError("mixstyle_layers: with cache_frozen_trunk the frozen layers run once, before training, "
+                              f"so MixStyle cannot act on {clash}; name layers after them.")
     from lookalike.errors import LookalikeError
     from lookalike.models.mixstyle import MixStyle
 

@@ -98,7 +98,9 @@ class FrozenTrunkCache:
         """Encode every training image with the trunk (eval mode), into maps on the CPU (`dtype`)."""
         started = time.perf_counter()
         self.trunk.eval()
-        loader = DataLoader(self.images, batch_size=self.batch_size, shuffle=False)
+        # its own generator: the DataLoader would otherwise draw a seed from the global RNG, which the epoch's
+        # augmentations use, and a resumed run (which builds the cache again) would crop differently
+        loader = DataLoader(self.images, batch_size=self.batch_size, shuffle=False, generator=torch.Generator())
         maps: torch.Tensor | None = None
         for batch in loader:
             out = self.trunk(self._layout(batch["input"].to(device))).to("cpu", self.dtype)
@@ -119,7 +121,8 @@ class FrozenTrunkCache:
 
         if self.maps is None:
             self.build(device)
-        maps = self.maps[rows.to("cpu", torch.long)].to(device).float()
+        weights = next(self.rest.parameters(), None)  # the rest's dtype (fp32, or bf16 / fp16 under *-true)
+        maps = self.maps[rows.to("cpu", torch.long)].to(device, weights.dtype if weights is not None else torch.float32)
         return self.rest(self._layout(random_resized_crop_maps(maps, self.scale)))
 
 
@@ -133,9 +136,10 @@ def _physical_memory() -> int | None:
         return None
 
 
-def _check_memory(trunk: torch.nn.Module, images: Dataset) -> None:
+def _check_memory(trunk: torch.nn.Module, images: Dataset, processes: int = 1) -> None:
     """ConfigError, before training starts, when the maps of every image would take over `MEMORY_SHARE` of the
-    machine's memory (the map size from the trunk's output on the first image)."""
+    machine's memory (the map size from the trunk's output on the first image), counting one copy per training
+    process on this machine (``processes``: every DDP rank holds its own)."""
     total = _physical_memory()
     if total is None or not len(images):
         return
@@ -143,10 +147,11 @@ def _check_memory(trunk: torch.nn.Module, images: Dataset) -> None:
     with torch.no_grad():
         shape = tuple(trunk.eval()(images[0]["input"][None]).shape[1:])
     trunk.train(was_training)
-    need = int(torch.Size(shape).numel()) * torch.finfo(FrozenTrunkCache.dtype).bits // 8 * len(images)
+    need = int(torch.Size(shape).numel()) * torch.finfo(FrozenTrunkCache.dtype).bits // 8 * len(images) * processes
     if need > MEMORY_SHARE * total:
+        copies = f" ({processes} processes, a copy each)" if processes > 1 else ""
         raise ConfigError(f"cache_frozen_trunk: the feature maps of {len(images)} training images ({shape} each) "
-                          f"need {need / 2**30:.1f} GiB, over half of this machine's {total / 2**30:.1f} GiB; freeze "
+                          f"need {need / 2**30:.1f} GiB{copies}, over half of this machine's {total / 2**30:.1f} GiB; freeze "
                           "more stages (later maps are smaller), lower image_size, or set cache_frozen_trunk: false.")
 
 
@@ -159,6 +164,10 @@ def build_trunk_cache(cfg: Mapping, extractor: Any, train_table: Any) -> FrozenT
     from lookalike.pipelines.loading import make_dataset
 
     check_cacheable_transforms(cfg)
+    if cfg["transforms_val"].get("name") != "val":
+        raise ConfigError(f"cache_frozen_trunk: the maps are encoded from the `val` preset (pad, resize, normalise), "
+                          f"the whole-image view the train preset crops from; transforms_val is "
+                          f"{cfg['transforms_val'].get('name')!r}. Use transforms_val: val or cache_frozen_trunk: false.")
     if not cfg["freeze_layers"]:
         raise ConfigError("cache_frozen_trunk: freeze_layers is empty, so there is no frozen trunk to cache; name the "
                           "first stages to freeze (e.g. the stem and first blocks of a pretrained CNN).")
@@ -170,6 +179,8 @@ def build_trunk_cache(cfg: Mapping, extractor: Any, train_table: Any) -> FrozenT
     except LookalikeError as exc:
         raise ConfigError(f"cache_frozen_trunk: {exc}") from None
     images = make_dataset(train_table, build_transforms(cfg, "transforms_val"), cfg, cache=False)
-    _check_memory(trunk, images)
+    devices = cfg.get("devices")
+    _check_memory(trunk, images, devices if isinstance(devices, int) and not isinstance(devices, bool) and devices > 1
+                  else 1)
     return FrozenTrunkCache(trunk, rest, images, scale=crop_scale(cfg["transforms_train"]),
                             batch_size=cfg["bs_val"], channels_last=cfg["channels_last"])

@@ -132,8 +132,10 @@ def test_split_refuses_what_is_not_a_prefix():
         lite.split_frozen_prefix(["backbone.net.bn1"])
     with pytest.raises(LookalikeError, match="not the first stages"):
         lite.split_frozen_prefix(["backbone.net.bn1", "backbone.net.conv_stem"])  # out of order
-    small = SmallCNNExtractor((8, 16))
-    with pytest.raises(LookalikeError, match="nothing after them would train"):
-        small.split_frozen_prefix(["backbone.0", "backbone.1"])
-    with pytest.raises(LookalikeError, match="not a plain sequence of stages"):
+    small = SmallCNNExtractor((8, 16)).eval()  # every stage frozen: the rest is the pooling and the head
+    trunk, rest = small.split_frozen_prefix(["backbone.0", "backbone.1"])
+    images = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(rest(trunk(images)), small(images), atol=1e-6)
+    with pytest.raises(LookalikeError, match="not a plain sequence of stages"):  # a transformer
         ViTExtractor("vit_b_32", image_size=32).split_frozen_prefix(["backbone.net.conv_proj"])

@@ -366,18 +366,23 @@ def test_holdout_labels_stay_out_of_training_and_are_recorded(dataset, tmp_path)
 
 
 def test_mixstyle_trains_and_leaves_validation_alone(dataset, tmp_path):
-    """MixStyle acts in training only: the run learns, and a validation of its checkpoint (a process without the
-    hooks) reproduces the metrics the run recorded with them attached."""
+    """MixStyle acts in training only: it changes the training (the losses differ from the same run without it),
+    and a validation of its checkpoint (without the hooks) reproduces the metrics the run recorded with them."""
     result = train(TRIPLET, tiny(dataset, tmp_path, max_epochs=2, mixstyle_layers="[backbone.0, backbone.1]",
                                  mixstyle_p=1.0, run_name="mix"))
+    plain = train(TRIPLET, tiny(dataset, tmp_path, max_epochs=2, run_name="plain"))
     run = Path(result["run_dir"])
+    losses = [json.loads((Path(r["run_dir"]) / "history.json").read_text())["1"]["train"]["loss"]
+              for r in (result, plain)]
+    assert losses[0] != pytest.approx(losses[1], rel=1e-3)
     again = validate(run, ["progress_bar=false", "accelerator=cpu", f"output_dir={tmp_path}", "run_name=v"])
     best_epoch = torch.load(result["best_checkpoint"], weights_only=True)["epoch"] + 1
     recorded = json.loads((run / "metrics" / f"epoch_{best_epoch:03d}.json").read_text())["metrics"]
     assert again["metrics"]["OVERALL"]["cmc"][1] == pytest.approx(float(recorded["OVERALL"]["cmc"]["1"]))
     with pytest.raises(LookalikeError, match=r"mixstyle_layers: \['backbone\.7'\] are not modules"):
         train(TRIPLET, tiny(dataset, tmp_path, mixstyle_layers="[backbone.7]", run_name="bad"))
-    with pytest.raises(ConfigError, match="with cache_frozen_trunk the frozen layers run once"):
-        train(TRIPLET, tiny(dataset, tmp_path, mixstyle_layers="[backbone.0]", freeze_layers="[backbone.0]",
-                            cache_frozen_trunk="true", run_name="bad2",
-                            transforms_train="{name: train, args: {hflip: 0.0, jitter: 0.0}}"))
+    for inside_or_around in ("backbone.0", "backbone.0.3", "backbone"):
+        with pytest.raises(ConfigError, match="with cache_frozen_trunk the frozen layers run once"):
+            train(TRIPLET, tiny(dataset, tmp_path, mixstyle_layers=f"[{inside_or_around}]",
+                                freeze_layers="[backbone.0]", cache_frozen_trunk="true", run_name="bad2",
+                                transforms_train="{name: train, args: {hflip: 0.0, jitter: 0.0}}"))

@@ -65,6 +65,7 @@ def test_cached_trunk_with_crops_learns_on_the_built_in_data(tmp_path):
     ({"transforms_train": "{name: train, args: {jitter: 0.0}}"}, r"`train` preset with hflip 0\.5"),
     ({"transforms_train": "{name: train, args: {hflip: 0.0}}"}, r"jitter 0\.3, hue 0\.1"),
     ({"transforms_train": "{name: val, args: {}}"}, "the `val` transform"),
+    ({"transforms_val": "{name: to_tensor, args: {}}"}, "transforms_val is 'to_tensor'"),
 ])
 def test_cached_trunk_refuses_what_it_cannot_reproduce(dataset, tmp_path, extra, message):
     overrides = {"freeze_layers": "[backbone.0]", "transforms_train": NO_PIXEL_AUGMENTATION, **extra}
@@ -80,3 +81,32 @@ def test_cached_trunk_refuses_maps_larger_than_the_memory_share_before_training(
         train(TRIPLET, tiny(dataset, tmp_path, cache_frozen_trunk="true", freeze_layers="[backbone.0]",
                             transforms_train=NO_PIXEL_AUGMENTATION, run_name="big"))
     assert not (tmp_path / "big").exists()  # refused before a run folder was made
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+def test_killed_and_resumed_cached_run_equals_an_uninterrupted_one(dataset, tmp_path, monkeypatch):
+    """The resumed run builds the cache again; its crops (global RNG, seeded per epoch) must not shift."""
+    from lookalike.pipelines import lightning_parts
+
+    extra = dict(max_epochs=2, freeze_layers="[backbone.0]", cache_frozen_trunk="true",
+                 transforms_train="{name: train, args: {scale: [0.5, 1.0], hflip: 0.0, jitter: 0.0}}")
+    full = train(TRIPLET, tiny(dataset, tmp_path, run_name="full", **extra))
+    original = lightning_parts.ExtractorModule.training_step
+
+    def dies_in_second_epoch(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 1:
+            raise _Killed("simulated kill")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(lightning_parts.ExtractorModule, "training_step", dies_in_second_epoch)
+    with pytest.raises(_Killed):
+        train(TRIPLET, tiny(dataset, tmp_path, run_name="killed", **extra))
+    monkeypatch.setattr(lightning_parts.ExtractorModule, "training_step", original)
+    resumed = train(None, [], resume=tmp_path / "killed")
+    a = torch.load(full["last_checkpoint"], weights_only=True)["state_dict"]
+    b = torch.load(resumed["last_checkpoint"], weights_only=True)["state_dict"]
+    for key, value in a.items():
+        assert torch.equal(value, b[key]), key
