@@ -118,7 +118,10 @@ class ExtractorModule(pl.LightningModule):
         self.validated_epoch: int | None = None
 
     def teardown(self, stage: str) -> None:
-        """Removes the MixStyle hooks: the extractor outlives the fit (it is returned and may be reused)."""
+        """Removes the MixStyle hooks after the fit (the extractor outlives it and may be reused); not after the
+        validation that may precede the fit, which is another stage of the same module."""
+        if stage != "fit":
+            return
         for handle in getattr(self, "_mixstyle_hooks", ()):
             handle.remove()
         self._mixstyle_hooks = []

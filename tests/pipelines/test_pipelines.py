@@ -368,9 +368,10 @@ def test_holdout_labels_stay_out_of_training_and_are_recorded(dataset, tmp_path)
 def test_mixstyle_trains_and_leaves_validation_alone(dataset, tmp_path):
     """MixStyle acts in training only: it changes the training (the losses differ from the same run without it),
     and a validation of its checkpoint (without the hooks) reproduces the metrics the run recorded with them."""
+    # a validation before training is a stage of its own: MixStyle must still act in the fit after it
     result = train(TRIPLET, tiny(dataset, tmp_path, max_epochs=2, mixstyle_layers="[backbone.0, backbone.1]",
-                                 mixstyle_p=1.0, run_name="mix"))
-    plain = train(TRIPLET, tiny(dataset, tmp_path, max_epochs=2, run_name="plain"))
+                                 mixstyle_p=1.0, run_name="mix", validate_before_training="true"))
+    plain = train(TRIPLET, tiny(dataset, tmp_path, max_epochs=2, run_name="plain", validate_before_training="true"))
     run = Path(result["run_dir"])
     losses = [json.loads((Path(r["run_dir"]) / "history.json").read_text())["1"]["train"]["loss"]
               for r in (result, plain)]
