@@ -61,7 +61,8 @@ def crop_scale(transforms_train: Mapping) -> tuple[float, float]:
 
 def check_cacheable_transforms(cfg: Mapping) -> None:
     """ConfigError unless the training transform is the `train` preset doing nothing but random resized crops
-    (which `random_resized_crop_maps` reproduces on maps): its flips, colour jitter and rotations act on pixels."""
+    (which `random_resized_crop_maps` reproduces on maps: its flips, colour jitter and rotations act on pixels) and
+    the validation transform, which encodes the maps, is the `val` preset."""
     block = cfg["transforms_train"]
     args = _train_args(block) if block.get("name") == "train" else {}
     hue = args.get("hue") if args.get("hue") is not None else args.get("jitter", 0) / 3
@@ -74,6 +75,10 @@ def check_cacheable_transforms(cfg: Mapping) -> None:
             f"cache_frozen_trunk: the cached feature maps can only be cropped (random resized crops), but "
             f"transforms_train is {what}, which acts on pixels (the preset flips and jitters by default). Use "
             "transforms_train: {name: train, args: {hflip: 0.0, jitter: 0.0}} or cache_frozen_trunk: false.")
+    if cfg["transforms_val"].get("name") != "val":
+        raise ConfigError(f"cache_frozen_trunk: the maps are encoded from the `val` preset (pad, resize, normalise), "
+                          f"the whole-image view the train preset crops from; transforms_val is "
+                          f"{cfg['transforms_val'].get('name')!r}. Use transforms_val: val or cache_frozen_trunk: false.")
 
 
 class FrozenTrunkCache:
@@ -164,10 +169,6 @@ def build_trunk_cache(cfg: Mapping, extractor: Any, train_table: Any) -> FrozenT
     from lookalike.pipelines.loading import make_dataset
 
     check_cacheable_transforms(cfg)
-    if cfg["transforms_val"].get("name") != "val":
-        raise ConfigError(f"cache_frozen_trunk: the maps are encoded from the `val` preset (pad, resize, normalise), "
-                          f"the whole-image view the train preset crops from; transforms_val is "
-                          f"{cfg['transforms_val'].get('name')!r}. Use transforms_val: val or cache_frozen_trunk: false.")
     if not cfg["freeze_layers"]:
         raise ConfigError("cache_frozen_trunk: freeze_layers is empty, so there is no frozen trunk to cache; name the "
                           "first stages to freeze (e.g. the stem and first blocks of a pretrained CNN).")

@@ -75,3 +75,25 @@ def trained(dataset, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("runs")
     return train(TRIPLET, tiny(dataset, out, max_epochs=2, logger="{name: csv}", run_name="shared",
                                validate_before_training="true"))
+
+
+class Killed(RuntimeError):
+    """A simulated kill of a training process."""
+
+
+def killed_in_second_epoch(monkeypatch, run) -> None:
+    """Runs ``run()`` (a training) with its second epoch dying at the second batch, expects the kill, and restores
+    the training step: the run folder is left as a killed process leaves it (last.ckpt after epoch 1)."""
+    from lookalike.pipelines import lightning_parts
+
+    original = lightning_parts.ExtractorModule.training_step
+
+    def dies_in_second_epoch(self, batch, batch_idx):
+        if self.current_epoch == 1 and batch_idx == 1:
+            raise Killed("simulated kill")
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(lightning_parts.ExtractorModule, "training_step", dies_in_second_epoch)
+    with pytest.raises(Killed):
+        run()
+    monkeypatch.setattr(lightning_parts.ExtractorModule, "training_step", original)

@@ -18,7 +18,7 @@ from lookalike.errors import ConfigError, LookalikeError
 from lookalike.pipelines import commands, predict, train, validate
 from lookalike.pipelines.config import read_config, resolve_config
 
-from tests.pipelines.conftest import N_TRAIN_LABELS, N_VAL_LABELS, PER_LABEL, TRIPLET, tiny
+from tests.pipelines.conftest import N_TRAIN_LABELS, N_VAL_LABELS, PER_LABEL, TRIPLET, killed_in_second_epoch, tiny
 
 
 def test_train_writes_a_complete_run_folder(trained, dataset):
@@ -97,27 +97,12 @@ def test_training_on_the_built_in_data_improves_retrieval(tmp_path):
     assert after >= before + 0.1, (before, after)
 
 
-class _Killed(RuntimeError):
-    pass
-
-
 def test_killed_and_resumed_run_equals_an_uninterrupted_one(dataset, tmp_path, monkeypatch):
     config = dict(TRIPLET, scheduler={"name": "step", "args": {"step_size": 1, "gamma": 0.5}})
     full = train(config, tiny(dataset, tmp_path, max_epochs=2, run_name="full"))
 
-    from lookalike.pipelines import lightning_parts
-
-    original = lightning_parts.ExtractorModule.training_step
-
-    def dies_in_second_epoch(self, batch, batch_idx):
-        if self.current_epoch == 1 and batch_idx == 1:
-            raise _Killed("simulated kill")
-        return original(self, batch, batch_idx)
-
-    monkeypatch.setattr(lightning_parts.ExtractorModule, "training_step", dies_in_second_epoch)
-    with pytest.raises(_Killed):
-        train(config, tiny(dataset, tmp_path, max_epochs=2, run_name="killed"))
-    monkeypatch.setattr(lightning_parts.ExtractorModule, "training_step", original)
+    killed_in_second_epoch(monkeypatch, lambda: train(config, tiny(dataset, tmp_path, max_epochs=2,
+                                                                    run_name="killed")))
     assert torch.load(tmp_path / "killed/checkpoints/last.ckpt", weights_only=True)["epoch"] == 0
 
     resumed = train(None, [], resume=tmp_path / "killed")

@@ -11,7 +11,7 @@ import torch
 from lookalike.errors import ConfigError
 from lookalike.pipelines import train
 
-from tests.pipelines.conftest import TRIPLET, tiny
+from tests.pipelines.conftest import TRIPLET, killed_in_second_epoch, tiny
 
 NO_PIXEL_AUGMENTATION = "{name: train, args: {scale: [1.0, 1.0], hflip: 0.0, jitter: 0.0}}"
 
@@ -83,28 +83,12 @@ def test_cached_trunk_refuses_maps_larger_than_the_memory_share_before_training(
     assert not (tmp_path / "big").exists()  # refused before a run folder was made
 
 
-class _Killed(RuntimeError):
-    pass
-
-
 def test_killed_and_resumed_cached_run_equals_an_uninterrupted_one(dataset, tmp_path, monkeypatch):
     """The resumed run builds the cache again; its crops (global RNG, seeded per epoch) must not shift."""
-    from lookalike.pipelines import lightning_parts
-
     extra = dict(max_epochs=2, freeze_layers="[backbone.0]", cache_frozen_trunk="true",
                  transforms_train="{name: train, args: {scale: [0.5, 1.0], hflip: 0.0, jitter: 0.0}}")
     full = train(TRIPLET, tiny(dataset, tmp_path, run_name="full", **extra))
-    original = lightning_parts.ExtractorModule.training_step
-
-    def dies_in_second_epoch(self, batch, batch_idx):
-        if self.current_epoch == 1 and batch_idx == 1:
-            raise _Killed("simulated kill")
-        return original(self, batch, batch_idx)
-
-    monkeypatch.setattr(lightning_parts.ExtractorModule, "training_step", dies_in_second_epoch)
-    with pytest.raises(_Killed):
-        train(TRIPLET, tiny(dataset, tmp_path, run_name="killed", **extra))
-    monkeypatch.setattr(lightning_parts.ExtractorModule, "training_step", original)
+    killed_in_second_epoch(monkeypatch, lambda: train(TRIPLET, tiny(dataset, tmp_path, run_name="killed", **extra)))
     resumed = train(None, [], resume=tmp_path / "killed")
     a = torch.load(full["last_checkpoint"], weights_only=True)["state_dict"]
     b = torch.load(resumed["last_checkpoint"], weights_only=True)["state_dict"]
