@@ -84,7 +84,8 @@ def main() -> None:
         from results_md import write_section
 
         write_section(SECTION, f"{SECTION}\n\nCommand: `.venv/bin/python benchmarks/bench_trunk_cache.py --rounds "
-                               f"{args.rounds} --steps {args.steps} --record`; EfficientNet-Lite0, {args.size} px, batch 64, "
+                               f"{args.rounds} --steps {args.steps} --record`; EfficientNet-Lite0, {args.size} px, "
+                               "batch 64, "
                                "stem + stages 0-1 frozen, fp32, channels_last; medians of alternating rounds.\n\n"
                       + "\n".join(lines) + "\n")
 

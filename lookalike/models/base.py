@@ -75,8 +75,8 @@ class Extractor(nn.Module):
     def split_frozen_prefix(self, names: Sequence[str]) -> tuple[nn.Module, nn.Module]:
         """``(trunk, rest)`` with ``rest(trunk(images)) == self(images)``: ``trunk`` runs the stages ``names``
         (extractor-level module names, e.g. ``backbone.net.blocks.0``), which must be the backbone's first stages,
-        ``rest`` runs the others (none when every stage is named), the pooling, the head and the normalisation. Both share this extractor's
-        modules. Lets training compute a frozen trunk's output once per image instead of once per step."""
+        ``rest`` runs the others (none when every stage is named), the pooling, the head and the normalisation.
+        Both share this extractor's modules. Lets training compute a frozen trunk's output once per image instead of once per step."""
         from lookalike.errors import LookalikeError
 
         described = self.backbone_stages()

@@ -147,8 +147,8 @@ class TimmExtractor(Extractor):
 
     def backbone_stages(self) -> Stages | None:
         """timm's EfficientNet class (EfficientNet, -Lite, MobileNetV2, MNASNet: conv_stem, bn1, blocks.<i>,
-        conv_head, bn2) and ResNets (conv1, bn1, act1, maxpool, layer1-4) as ``backbone.net.<name>`` stages, then timm's pooling (or ours); None for other
-        timm models."""
+        conv_head, bn2) and ResNets (conv1, bn1, act1, maxpool, layer1-4) as ``backbone.net.<name>`` stages, then
+        timm's pooling (or ours); None for other timm models."""
         net, pool = self.backbone.net, self.backbone.pooling
         if all(hasattr(net, a) for a in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")):
             names = ["conv_stem", "bn1", *(f"blocks.{i}" for i in range(len(net.blocks))), "conv_head", "bn2"]

@@ -1,7 +1,8 @@
-"""MixStyle (Zhou et al., ICLR 2021) for CNN feature maps (B, C, H, W): mixes the per-channel feature statistics of images in a batch during
-training, so that the network sees each image's content under other images' "style" (in a CNN's early layers the
-channel means and standard deviations carry style: palette, shading, line weight) and learns features that do not
-depend on it. A domain-generalisation regulariser: here, for drawing styles a model never saw.
+"""MixStyle (Zhou et al., ICLR 2021) for CNN feature maps (B, C, H, W): mixes the per-channel feature statistics
+of images in a batch during training, so that the network sees each image's content under other images' "style"
+(in a CNN's early layers the channel means and standard deviations carry style: palette, shading, line weight) and
+learns features that do not depend on it. A domain-generalisation regulariser: here, for drawing styles a model
+never saw.
 """
 
 from __future__ import annotations

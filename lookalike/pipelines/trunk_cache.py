@@ -78,7 +78,8 @@ def check_cacheable_transforms(cfg: Mapping) -> None:
     if cfg["transforms_val"].get("name") != "val":
         raise ConfigError(f"cache_frozen_trunk: the maps are encoded from the `val` preset (pad, resize, normalise), "
                           f"the whole-image view the train preset crops from; transforms_val is "
-                          f"{cfg['transforms_val'].get('name')!r}. Use transforms_val: val or cache_frozen_trunk: false.")
+                          f"{cfg['transforms_val'].get('name')!r}. Use transforms_val: val or "
+                          "cache_frozen_trunk: false.")
 
 
 class FrozenTrunkCache:
@@ -156,7 +157,8 @@ def _check_memory(trunk: torch.nn.Module, images: Dataset, processes: int = 1) -
     if need > MEMORY_SHARE * total:
         copies = f" ({processes} processes, a copy each)" if processes > 1 else ""
         raise ConfigError(f"cache_frozen_trunk: the feature maps of {len(images)} training images ({shape} each) "
-                          f"need {need / 2**30:.1f} GiB{copies}, over half of this machine's {total / 2**30:.1f} GiB; freeze "
+                          f"need {need / 2**30:.1f} GiB{copies}, over half of this machine's {total / 2**30:.1f} GiB; "
+                          "freeze "
                           "more stages (later maps are smaller), lower image_size, or set cache_frozen_trunk: false.")
 
 
