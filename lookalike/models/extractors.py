@@ -28,7 +28,7 @@ class ResNetExtractor(Extractor):
     """A torchvision ResNet without its classifier, pooled by `pooling` ("avg" or "gem")."""
 
     def __init__(self, arch: str = "resnet50", *, embedding_dim: int | None = None, pooling: str = "avg",
-                 normalise: bool = True, weights: Weights = None) -> None:
+                 normalise: bool = True, weights: Weights = None, embed_from: str | None = None) -> None:
         if arch not in RESNETS:
             raise LookalikeError(unknown_choice("ResNet arch", arch, RESNETS))
         net = getattr(torchvision.models, arch)(weights=None)
@@ -37,7 +37,7 @@ class ResNetExtractor(Extractor):
         self._body_index = {name: str(i) for i, name in enumerate(names)}  # torchvision child name -> position
         self.arch = arch
         super().__init__(nn.Sequential(body, make_pooling(pooling)), net.fc.in_features,
-                         embedding_dim=embedding_dim, normalise=normalise, weights=weights)
+                         embedding_dim=embedding_dim, normalise=normalise, weights=weights, embed_from=embed_from)
 
     def backbone_stages(self) -> Stages:
         """conv1, bn1, relu, maxpool, layer1-4 (``backbone.0.<i>``), then the pooling."""
@@ -122,7 +122,8 @@ class TimmExtractor(Extractor):
     """
 
     def __init__(self, model_name: str, *, pretrained: bool = False, embedding_dim: int | None = None,
-                 pooling: str = "avg", normalise: bool = True, weights: Weights = None, **timm_kwargs) -> None:
+                 pooling: str = "avg", normalise: bool = True, weights: Weights = None, embed_from: str | None = None,
+                 **timm_kwargs) -> None:
         from lookalike.extras import require
 
         timm = require("timm", "the timm extractor")
@@ -143,7 +144,7 @@ class TimmExtractor(Extractor):
         self._classifier = _timm_classifier_name(net)
         self.model_name = model_name  # before the weights load: the zoo checks the architecture
         super().__init__(_TimmBackbone(net, pool), int(dim), embedding_dim=embedding_dim, normalise=normalise,
-                         weights=weights)
+                         weights=weights, embed_from=embed_from)
 
     def backbone_stages(self) -> Stages | None:
         """timm's EfficientNet class (EfficientNet, -Lite, MobileNetV2, MNASNet: conv_stem, bn1, blocks.<i>,
@@ -194,12 +195,13 @@ class SmallCNNExtractor(Extractor):
     """A small VGG-style CNN (two 3x3 convs + BatchNorm per stage) for tests and quick CPU runs at 32-64 px."""
 
     def __init__(self, channels: Sequence[int] = (32, 64, 128), *, embedding_dim: int | None = 128,
-                 pooling: str = "avg", normalise: bool = True, weights: Weights = None) -> None:
+                 pooling: str = "avg", normalise: bool = True, weights: Weights = None,
+                 embed_from: str | None = None) -> None:
         if not channels:
             raise LookalikeError("SmallCNNExtractor needs at least one stage in `channels`")
         stages = [_conv_block(c_in, c_out) for c_in, c_out in zip((3, *channels[:-1]), channels)]
         super().__init__(nn.Sequential(*stages, make_pooling(pooling)), channels[-1], embedding_dim=embedding_dim,
-                         normalise=normalise, weights=weights)
+                         normalise=normalise, weights=weights, embed_from=embed_from)
 
     def backbone_stages(self) -> Stages:
         """The conv stages (``backbone.<i>``), then the pooling."""

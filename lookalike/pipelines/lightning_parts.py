@@ -134,6 +134,12 @@ class ExtractorModule(pl.LightningModule):
         """Extractor output of a batch input: an image tensor, or a text batch dict (input_ids, attention_mask)."""
         return self.extractor(self._layout(images))
 
+    def training_features(self, images: Any) -> torch.Tensor:
+        """What the loss sees: the extractor's `training_features` where it has them (its head's output under
+        `embed_from`), else its embeddings."""
+        extract = getattr(self.extractor, "training_features", self.extractor)
+        return extract(self._layout(images))
+
     def _layout(self, images: Any) -> Any:
         if self.channels_last and isinstance(images, torch.Tensor) and images.dim() == 4:
             return images.contiguous(memory_format=torch.channels_last)
@@ -178,7 +184,7 @@ class ExtractorModule(pl.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         cache = self._trunk_cache[0]
         inputs = batch[schema.INPUT_KEY]
-        features = self(inputs) if cache is None else cache.features(inputs, self.device)
+        features = self.training_features(inputs) if cache is None else cache.features(inputs, self.device)
         labels = batch[schema.LABEL_KEY]
         with torch.autocast(device_type=features.device.type, enabled=False):
             loss = self.criterion(features.float(), labels)

@@ -86,7 +86,8 @@ def _build_module(cfg: Mapping, data):
     from lookalike.pipelines.lightning_parts import ExtractorModule
 
     extractor = builders.build_extractor(cfg)
-    feat_dim = getattr(extractor, "feat_dim", None)
+    # the loss sees `training_features` (the embeddings themselves unless extractor.args.embed_from)
+    feat_dim = getattr(extractor, "training_dim", getattr(extractor, "feat_dim", None))
     if isinstance(feat_dim, bool) or not isinstance(feat_dim, int) or feat_dim < 1:
         raise ConfigError(f"extractor: {cfg['extractor']['name']} has no `feat_dim` (the size of its embeddings, a "
                           f"positive int; got {feat_dim!r}), which sizes the criterion; give the class a `feat_dim` "

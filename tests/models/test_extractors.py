@@ -139,3 +139,42 @@ def test_split_refuses_what_is_not_a_prefix():
         assert torch.allclose(rest(trunk(images)), small(images), atol=1e-6)
     with pytest.raises(LookalikeError, match="not a plain sequence of stages"):  # a transformer
         ViTExtractor("vit_b_32", image_size=32).split_frozen_prefix(["backbone.net.conv_proj"])
+
+
+@pytest.mark.parametrize("build, stage, channels", [
+    (lambda **kw: ResNetExtractor("resnet18", embedding_dim=16, **kw), "backbone.0.6", 256),  # layer3
+    (lambda **kw: SmallCNNExtractor((8, 16, 24), embedding_dim=8, **kw), "backbone.1", 16),
+    (lambda **kw: TimmExtractor("tf_efficientnet_lite0", embedding_dim=32, **kw), "backbone.net.blocks.6", 320),
+])
+def test_embed_from_takes_the_embedding_before_the_training_projection(build, stage, channels):
+    torch.manual_seed(0)
+    plain = build().eval()
+    tapped = build(embed_from=stage).eval()
+    tapped.load_state_dict(plain.state_dict())  # the same weights: embed_from adds none
+    assert (tapped.feat_dim, tapped.training_dim) == (channels, plain.feat_dim)
+    images = torch.randn(3, 3, 64, 64)
+    stages, _ = tapped.backbone_stages()
+    with torch.no_grad():
+        maps = images
+        for name, module in stages:
+            maps = module(maps)
+            if name == stage:
+                break
+        expected = torch.nn.functional.normalize(maps.mean(dim=(2, 3)), dim=1)  # worked out by hand
+        assert torch.allclose(tapped(images), expected, atol=1e-6)
+        # the loss still sees the whole network and the head, as without embed_from
+        assert torch.allclose(tapped.training_features(images), plain(images), atol=1e-6)
+        trunk, rest = tapped.split_frozen_prefix([stages[0][0]])
+        assert torch.allclose(rest(trunk(images)), tapped.training_features(images), atol=1e-6)
+
+
+def test_embed_from_leaves_batchnorm_statistics_alone_and_refuses_unknown_stages():
+    torch.manual_seed(0)
+    before = SmallCNNExtractor((8, 16)).state_dict()
+    torch.manual_seed(0)
+    after = SmallCNNExtractor((8, 16), embed_from="backbone.0").state_dict()  # sizing the embedding runs a probe
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    with pytest.raises(LookalikeError, match=r"'blocks\.6' is not a stage.*backbone\.net\.blocks\.6"):
+        TimmExtractor("tf_efficientnet_lite0", embed_from="blocks.6")
+    with pytest.raises(LookalikeError, match="embed_from needs a backbone that is a plain sequence"):
+        TimmExtractor("vit_tiny_patch16_224", img_size=32, embed_from="backbone.net.blocks.0")

@@ -372,3 +372,21 @@ def test_mixstyle_trains_and_leaves_validation_alone(dataset, tmp_path):
             train(TRIPLET, tiny(dataset, tmp_path, mixstyle_layers=f"[{inside_or_around}]",
                                 freeze_layers="[backbone.0]", cache_frozen_trunk="true", run_name="bad2",
                                 transforms_train="{name: train, args: {hflip: 0.0, jitter: 0.0}}"))
+
+
+def test_embed_from_trains_through_the_projection_and_serves_the_earlier_stage(tmp_path):
+    """With extractor.args.embed_from, ArcFace is sized by and trained on the head's 64-d output, while the
+    validation, the checkpointing metric and predict use the 32-d stage output, which training clearly improves
+    (the built-in emoji data, validation labels never trained on)."""
+    result = train(None, [
+        "extractor={name: small_cnn, args: {channels: [16, 32, 64], embedding_dim: 64, embed_from: backbone.1}}",
+        "image_size=32", "max_epochs=10", "valid_period=100", "optimizer.args.lr=3e-3", "progress_bar=false",
+        "logger=null", "log_images=false", f"output_dir={tmp_path}", "accelerator=cpu",
+    ])
+    state = torch.load(result["last_checkpoint"], weights_only=True)["state_dict"]
+    assert state["criterion.weight"].shape[1] == 64  # the head's size, not the embedding's
+    before = result["initial_metrics"]["OVERALL"]["cmc"][1]
+    after = result["metrics"]["OVERALL"]["cmc"][1]
+    assert after >= before + 0.1, (before, after)
+    out = predict(result["run_dir"], ["accelerator=cpu", f"output_dir={tmp_path}", "run_name=p"])
+    assert np.load(out / "embeddings.npy").shape[1] == 32  # the second stage's channels
