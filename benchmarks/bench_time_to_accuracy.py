@@ -7,7 +7,12 @@ benchmarks/.venv-oml) and saves validation embeddings every few epochs, also out
 checkpoints are scored here by the same code (lookalike's evaluate_embeddings, whose CMC@k equals OML's per
 query: bench_validation.py), on the validation split (labels never seen in training).
 
-    .venv/bin/python benchmarks/bench_time_to_accuracy.py [--minutes 10] [--record]
+--pretrained compares starts from the same ImageNet weights instead: lookalike's `small_images_pretrained` recipe
+against OML's set-up above with only the network changed, EfficientNet-Lite0 at 112 px holding exactly the
+weights our zoo gives (the packaged ImageNet weights, mapped to timm's names, normalisation folded into the
+stem; written to a file the OML side loads strictly).
+
+    .venv/bin/python benchmarks/bench_time_to_accuracy.py [--minutes 10] [--pretrained] [--record]
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_DATA = HERE.parent.parent / "shared" / "data" / "emoji-open"
 OML_PYTHON = HERE / ".venv-oml" / "bin" / "python"
 SECTION = "## Time to accuracy vs OML 4.0.0"
+PRETRAINED_SECTION = "## Time to accuracy from the same ImageNet weights vs OML 4.0.0"
+LITE0 = "tf_efficientnet_lite0"
 
 
 def run_json(command: list[str]) -> dict:
@@ -56,19 +63,34 @@ def cmc1(embeddings: np.ndarray, labels, is_query, is_gallery) -> float:
     return float(result["OVERALL"]["cmc"][1])
 
 
-def oml_curve(data: Path, minutes: float, threads: int, eval_every: int, out: Path) -> list[tuple[float, float]]:
+def oml_curve(data: Path, minutes: float, threads: int, eval_every: int, out: Path,
+              weights: Path | None = None) -> list[tuple[float, float]]:
     cfg = {"data": str(data), "out": str(out), "minutes": minutes, "threads": threads, "seed": 0,
            "eval_every_epochs": eval_every}
+    if weights is not None:
+        cfg.update(weights=str(weights), model=LITE0, im_size=112)
     result = run_json([str(OML_PYTHON), str(HERE / "oml_time_to_accuracy.py"), json.dumps(cfg)])
     labels, is_query, is_gallery = validation_split(data)
     return [(c["train_seconds"], cmc1(np.load(c["file"]), labels, is_query, is_gallery))
             for c in result["checkpoints"]]
 
 
-def lookalike_curve(data: Path, minutes: float, threads: int, out: Path) -> tuple[list[tuple[float, float]], dict]:
+def zoo_lite0_weights(path: Path) -> Path:
+    """The timm state dict of Lite0 exactly as lookalike's zoo loads it, for the OML side."""
+    import torch
+
+    from lookalike.models import TimmExtractor
+
+    extractor = TimmExtractor(LITE0, weights="zoo:efficientnet_lite0.imagenet")
+    torch.save(extractor.backbone.net.state_dict(), path)
+    return path
+
+
+def lookalike_curve(data: Path, minutes: float, threads: int, out: Path, recipe: str = "small_images",
+                    valid_period: int = 1) -> tuple[list[tuple[float, float]], dict]:
     """Our recipe through the CLI; (training seconds, CMC@1) per validation, and the final metrics."""
-    command = [sys.executable, "-m", "lookalike", "train", "small_images", f"dataset_root={data}",
-               f"max_minutes={minutes}", "valid_period=1", f"output_dir={out}", "run_name=recipe",
+    command = [sys.executable, "-m", "lookalike", "train", recipe, f"dataset_root={data}",
+               f"max_minutes={minutes}", f"valid_period={valid_period}", f"output_dir={out}", "run_name=recipe",
                "progress_bar=false", "log_images=false", "logger=null"]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     done = subprocess.run(command, capture_output=True, text=True, env=env)
@@ -95,6 +117,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0, help="training-time budget of each side")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--oml-eval-every", type=int, default=2, help="OML: validation embeddings every N epochs")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="both sides start from the same ImageNet EfficientNet-Lite0 weights")
     parser.add_argument("--record", action="store_true")
     args = parser.parse_args()
     if not (args.data / "df.csv").is_file():
@@ -102,16 +126,21 @@ def main() -> None:
     if not OML_PYTHON.exists():
         raise SystemExit("OML's virtualenv is missing: run `.venv/bin/python benchmarks/bench_validation.py "
                          "--setup-oml` once.")
+    if args.pretrained and subprocess.run([str(OML_PYTHON), "-c", "import timm"], capture_output=True).returncode:
+        raise SystemExit(f"the OML side needs timm for EfficientNet-Lite0: {OML_PYTHON} -m pip install timm")
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         (tmp / "oml").mkdir()
         start = time.perf_counter()
-        ours, final = lookalike_curve(args.data.resolve(), args.minutes, args.threads, tmp / "ours")
+        recipe, period = ("small_images_pretrained", 3) if args.pretrained else ("small_images", 1)
+        ours, final = lookalike_curve(args.data.resolve(), args.minutes, args.threads, tmp / "ours", recipe, period)
         ours_wall = time.perf_counter() - start
         print(curve_table("lookalike", ours), flush=True)
+        weights = zoo_lite0_weights(tmp / "lite0.pth") if args.pretrained else None
         start = time.perf_counter()
-        theirs = oml_curve(args.data.resolve(), args.minutes, args.threads, args.oml_eval_every, tmp / "oml")
+        theirs = oml_curve(args.data.resolve(), args.minutes, args.threads, args.oml_eval_every, tmp / "oml",
+                           weights)
         oml_wall = time.perf_counter() - start
         print(curve_table("OML", theirs), flush=True)
     target = theirs[-1][1]
@@ -137,19 +166,26 @@ def main() -> None:
     if args.record:
         import torch
 
-        text = (f"{SECTION}\n\nCommand: `.venv/bin/python benchmarks/bench_time_to_accuracy.py --minutes "
-                f"{args.minutes:g} --record`  \nMachine: {platform.machine()}, {os.cpu_count()} CPUs, "
+        sides = ("lookalike: the shipped `small_images_pretrained` recipe (EfficientNet-Lite0 from the zoo's "
+                 "ImageNet weights, 112 px, ArcFace, early stages frozen, validation every 3 epochs); OML 4.0.0: "
+                 "the same Lite0 weights (timm's tf_efficientnet_lite0, loaded strictly from the file our zoo "
+                 "produces), 112 px, otherwise its set-up below: triplet + hard miner, 16 x 4 balance batches, "
+                 "get_augs_torch, AdamW 1e-3, fp32, its plain PyTorch loop" if args.pretrained else
+                 "lookalike: the shipped `small_images` recipe (ResNet-18 from scratch, ArcFace, bf16, channels-last, "
+                 "64 px); OML 4.0.0: ResNet-18 from scratch, triplet + hard miner, 16 x 4 balance batches, "
+                 "get_augs_torch(64), fp32, its plain PyTorch loop")
+        flag = " --pretrained" if args.pretrained else ""
+        section = PRETRAINED_SECTION if args.pretrained else SECTION
+        text = (f"{section}\n\nCommand: `.venv/bin/python benchmarks/bench_time_to_accuracy.py --minutes "
+                f"{args.minutes:g}{flag} --record`  \nMachine: {platform.machine()}, {os.cpu_count()} CPUs, "
                 f"{args.threads} threads per side, torch {torch.__version__}; {time.strftime('%Y-%m-%d')}; load "
                 f"average {load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after. Data: emoji-open "
                 "(934 training labels / 3,585 images; 933 validation labels / 3,584 images, every image a query "
-                "and a gallery item). lookalike: the shipped `small_images` recipe (ResNet-18 from scratch, "
-                "ArcFace, bf16, channels-last, 64 px); OML 4.0.0: ResNet-18 from scratch, triplet + hard miner, "
-                "16 x 4 balance batches, get_augs_torch(64), fp32, its plain PyTorch loop. Training seconds "
-                "exclude validation on both sides; both are scored by the same metric code.\n\n"
-                + "\n".join(summary) + "\n\n" + table + "\n")
+                f"and a gallery item). {sides}. Training seconds exclude validation on both sides; both are "
+                "scored by the same metric code.\n\n" + "\n".join(summary) + "\n\n" + table + "\n")
         from results_md import write_section
 
-        write_section(SECTION, text)
+        write_section(section, text)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 OML_PYTHON = HERE / ".venv-oml" / "bin" / "python"
 OML_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "open-metric-learning==4.0.0",
-                    "pytorch-lightning==2.1.2", "hydra-core==1.3.0", "numpy<2", "setuptools<81"]
+                    "pytorch-lightning==2.1.2", "hydra-core==1.3.0", "numpy<2", "setuptools<81",
+                    "timm==1.0.31"]  # timm: the OML side of bench_time_to_accuracy --pretrained
 SECTION = "## Validation metrics vs OML 4.0.0"
 
 

@@ -2,7 +2,9 @@
 
 Trains ResNet-18 from random init with OML's public API (ResnetExtractor, BalanceSampler 16 x 4,
 TripletLossWithMiner + HardTripletsMiner, ImageLabeledDataset with get_augs_torch(64)) in a plain PyTorch loop
-for a budget of training seconds, and every few epochs (clock stopped) writes the validation embeddings to
+for a budget of training seconds; with "weights" in the config, a timm "model" (tf_efficientnet_lite0: OML has no
+EfficientNet extractor, and its loop takes any torch module) starts from that state dict instead, at "im_size",
+everything else unchanged, and every few epochs (clock stopped) writes the validation embeddings to
 OUT/emb_<i>.npy. The parent script scores them with one metric implementation for both sides. Prints one
 JSON line: the checkpoints with their training seconds.
 
@@ -49,12 +51,19 @@ def main() -> None:
     torch.manual_seed(cfg["seed"])
     np.random.seed(cfg["seed"])  # OML's sampler draws from numpy's global generator
     random.seed(cfg["seed"])
-    train = ImageLabeledDataset(rows(data, "train"), dataset_root=data, transform=get_augs_torch(im_size=64))
+    size = int(cfg.get("im_size", 64))
+    train = ImageLabeledDataset(rows(data, "train"), dataset_root=data, transform=get_augs_torch(im_size=size))
     val = ImageBaseDataset(rows(data, "validation")["path"].map(Path).tolist(), dataset_root=data,
-                           transform=get_normalisation_resize_torch(im_size=64))
+                           transform=get_normalisation_resize_torch(im_size=size))
     loader = DataLoader(train, batch_sampler=BalanceSampler(train.get_labels(), n_labels=16, n_instances=4))
     val_loader = DataLoader(val, batch_size=256)
-    model = ResnetExtractor(weights=None, arch="resnet18", gem_p=None, remove_fc=True, normalise_features=False)
+    if cfg.get("weights"):
+        import timm
+
+        model = timm.create_model(cfg["model"], num_classes=0)
+        model.load_state_dict(torch.load(cfg["weights"], map_location="cpu", weights_only=True))  # strict
+    else:
+        model = ResnetExtractor(weights=None, arch="resnet18", gem_p=None, remove_fc=True, normalise_features=False)
     criterion = TripletLossWithMiner(margin=0.2, miner=HardTripletsMiner())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
 

@@ -210,3 +210,13 @@ def test_bad_arguments_are_refused_clearly(tmp_path):
 class _TwoOutputs(nn.Module):
     def forward(self, x):
         return x.mean(dim=(2, 3)), x.amax(dim=(2, 3))
+
+
+def test_an_embed_from_extractor_exports_its_embedding_without_the_projection(tmp_path):
+    torch.manual_seed(0)
+    model = TimmExtractor("test_efficientnet", embedding_dim=8, embed_from="backbone.net.blocks.1")
+    assert model.feat_dim != model.training_dim == 8
+    path = to_onnx(model, tmp_path / "m.onnx", image_size=SIZE, parity_samples=16, verbose=False, **STATS)
+    report = json.loads(parity_path(path).read_text())
+    assert report["passed"], report["problems"]
+    assert read_metadata(path).feat_dim == model.feat_dim
