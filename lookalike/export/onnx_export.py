@@ -148,6 +148,9 @@ def to_onnx(extractor, path: str | os.PathLike, *, image_size: int, mean: Sequen
     if not isinstance(probe, torch.Tensor) or probe.ndim != 2 or len(probe) != TRACE_BATCH:
         raise ExportError("to_onnx exports extractors returning one (B, dim) tensor; this one returns "
                           f"{type(probe).__name__} {tuple(getattr(probe, 'shape', ()))}.")
+    if feat_dim is not None and int(feat_dim) != probe.shape[1]:
+        raise ExportError(f"the extractor declares feat_dim={feat_dim} but returns {probe.shape[1]}-d embeddings; "
+                          "the metadata would mislead every reader of the file.")
     import lookalike
     import onnx
 

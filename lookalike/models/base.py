@@ -38,7 +38,7 @@ class Extractor(nn.Module):
         self._training_dim = int(embedding_dim or backbone_dim)
         self._feat_dim = self._training_dim
         self.embed_from: str | None = None
-        self._embed_stages: list[nn.Module] | None = None  # held in a plain list: the backbone registers them
+        self._embed_names: list[str] = []  # looked up at each call: a stage replaced later is followed
         if embed_from is not None:
             self._tap(str(embed_from))
         if weights is not None:
@@ -56,19 +56,27 @@ class Extractor(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """The embeddings of a batch of images."""
-        if self._embed_stages is None:
-            return self.training_features(images)
+        if self.embed_from is None:
+            return self._through_head(images)
         maps = images
-        for stage in self._embed_stages:
-            maps = stage(maps)
-        features = maps.mean(dim=(2, 3)) if maps.ndim == 4 else maps
+        for name in self._embed_names:
+            maps = self.get_submodule(name)(maps)
+        features = self._embed_pool[0](maps)
         return F.normalize(features, dim=1) if self.normalise else features
 
     def training_features(self, images: Tensor) -> Tensor:
-        """What the training loss sees: the head's output (normalised), which is the embedding itself unless
-        `embed_from` takes the embedding from an earlier stage."""
+        """What the training loss sees: the embeddings (``self(images)``), or under `embed_from` the output of the
+        whole network and the head, the projection the embedding skips."""
+        return self(images) if self.embed_from is None else self._through_head(images)
+
+    def _through_head(self, images: Tensor) -> Tensor:
         features = self.head(self.backbone(images))
         return F.normalize(features, dim=1) if self.normalise else features
+
+    @property
+    def embedding_stages(self) -> list[str]:
+        """The stages the embedding runs through under `embed_from` (extractor-level names), else []."""
+        return list(self._embed_names)
 
     def _tap(self, name: str) -> None:
         """Takes the embedding from stage `name` of `backbone_stages` (see `embed_from`)."""
@@ -78,15 +86,19 @@ class Extractor(nn.Module):
         if described is None:
             raise LookalikeError(f"{type(self).__name__}: embed_from needs a backbone that is a plain sequence of "
                                  "stages (ResNet, SmallCNN, timm's EfficientNet class and ResNets); this one is not.")
-        order = [stage for stage, _ in described[0]]
+        stages, pool = described
+        order = [stage for stage, _ in stages]
         if name not in order:
             raise LookalikeError(f"embed_from: {name!r} is not a stage of {type(self).__name__}'s backbone; its "
                                  f"stages: {', '.join(order)}.")
-        stages = [module for _, module in described[0][:order.index(name) + 1]]
-        self._feat_dim = _output_channels(stages)
-        self._embed_stages = stages
+        self._embed_names = order[:order.index(name) + 1]
+        self._embed_pool = [pool]  # the extractor's own pooling (a module it holds, or a bound method)
+        try:
+            self._feat_dim = _output_width([module for _, module in stages[:len(self._embed_names)]], pool)
+        except (RuntimeError, ValueError) as exc:
+            raise LookalikeError(f"embed_from: {name!r}: a 128 px image does not pass through the stages up to it "
+                                 f"({str(exc).splitlines()[0]}).") from None
         self.embed_from = name
-
     def load_weights(self, weights: str | os.PathLike) -> str:
         """Load a checkpoint file, or "zoo:<name>" from the model zoo (hash-checked), and return one line saying
         what was loaded. A file of this extractor's keys loads whole; a plain backbone state dict (a torchvision
@@ -119,11 +131,10 @@ class Extractor(nn.Module):
         return None
 
     def split_frozen_prefix(self, names: Sequence[str]) -> tuple[nn.Module, nn.Module]:
-        """``(trunk, rest)`` with ``rest(trunk(images)) == self(images)``: ``trunk`` runs the stages ``names``
-        (extractor-level module names, e.g. ``backbone.net.blocks.0``), which must be the backbone's first stages,
-        ``rest`` runs the others (none when every stage is named), the pooling, the head and the normalisation
-        (``rest(trunk(images)) == self.training_features(images)`` under `embed_from`). Both share this
-        extractor's modules. Lets training compute a frozen trunk's output once per image instead of once per step."""
+        """``(trunk, rest)`` with ``rest(trunk(images)) == self.training_features(images)`` (the embeddings, unless
+        `embed_from`): ``trunk`` runs the stages ``names`` (extractor-level module names, e.g.
+        ``backbone.net.blocks.0``), which must be the backbone's first stages, ``rest`` runs the others (none when
+        every stage is named), the pooling, the head and the normalisation. Both share this extractor's modules. Lets training compute a frozen trunk's output once per image instead of once per step."""
         from lookalike.errors import LookalikeError
 
         described = self.backbone_stages()
@@ -151,25 +162,31 @@ class Extractor(nn.Module):
         self.backbone.requires_grad_(True)
 
 
-def _output_channels(stages: list[nn.Module]) -> int:
-    """Channels of what `stages` return, from one small blank image run in eval mode (BatchNorm statistics
-    untouched)."""
+def _output_width(stages: list[nn.Module], pool: Callable[[Tensor], Tensor]) -> int:
+    """Width of the pooled output of `stages`, from one blank 128 px image run in eval mode on the parameters'
+    device and dtype (BatchNorm statistics and training flags untouched)."""
+    first = next((p for stage in stages for p in stage.parameters()), None)
     modes = [(module, module.training) for stage in stages for module in stage.modules()]
+    if isinstance(pool, nn.Module):
+        modes += [(module, module.training) for module in pool.modules()]
     try:
         for module, _ in modes:
             module.training = False
         with torch.no_grad():
-            maps = torch.zeros(1, 3, 64, 64)
+            maps = torch.zeros(1, 3, 128, 128, device=first.device if first is not None else "cpu",
+                               dtype=first.dtype if first is not None else torch.float32)
             for stage in stages:
                 maps = stage(maps)
+            width = pool(maps).shape[-1]
     finally:
         for module, training in modes:
             module.training = training
-    return int(maps.shape[1])
+    return int(width)
 
 
 class _Rest(nn.Module):
-    """The part of an extractor after a split trunk: later stages, pooling, head, normalisation."""
+    """The part of an extractor after a split trunk: later stages, pooling, head, normalisation (what the loss
+    sees: `Extractor.training_features`)."""
 
     def __init__(self, extractor: Extractor, stages: list[nn.Module], pool: Callable[[Tensor], Tensor]) -> None:
         super().__init__()

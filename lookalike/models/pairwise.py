@@ -162,11 +162,15 @@ class _FeatureMaps(nn.Module):
 
 def conv_trunk(extractor: nn.Module) -> tuple[nn.Module, int]:
     """The convolutional body of a lookalike CNN extractor (ResNet, small CNN, a timm CNN) and its output
-    channels: the part before pooling, whose feature maps `ImagePairClassifier` compares."""
+    channels: the part before pooling, whose feature maps `ImagePairClassifier` compares; under `embed_from`, the
+    stages the embedding runs through (not the training-only projection after them)."""
     backbone = getattr(extractor, "backbone", None)
     net = getattr(backbone, "net", None)
-    if net is not None and callable(getattr(net, "forward_features", None)):  # the timm extractor
-        trunk: nn.Module = _FeatureMaps(net)
+    tapped = getattr(extractor, "embedding_stages", None)
+    if tapped:
+        trunk: nn.Module = nn.Sequential(*(extractor.get_submodule(name) for name in tapped))
+    elif net is not None and callable(getattr(net, "forward_features", None)):  # the timm extractor
+        trunk = _FeatureMaps(net)
     elif isinstance(backbone, nn.Sequential) and len(backbone) >= 2:
         layers = list(backbone.children())[:-1]  # everything but the pooling
         trunk = layers[0] if len(layers) == 1 else nn.Sequential(*layers)

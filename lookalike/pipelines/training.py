@@ -77,6 +77,22 @@ def _sampler_probe(cfg: Mapping, data):
     return builders.build_sampler(cfg, data.train.labels, data.label2category)
 
 
+def _check_embedding_trains(cfg: Mapping, extractor) -> None:
+    """Refuses an `embed_from` whose stages are all in `freeze_layers`: the embedding would never change, and the
+    checkpoint picked by the validation metric would be arbitrary."""
+    from lookalike.pipelines.lightning_parts import frozen_modules
+
+    stages = getattr(extractor, "embedding_stages", None) or []
+    if not stages or not cfg["freeze_layers"]:
+        return
+    frozen = {id(p) for module in frozen_modules(extractor, cfg["freeze_layers"]) for p in module.parameters()}
+    used = [p for name in stages for p in extractor.get_submodule(name).parameters()]
+    if used and all(id(p) in frozen for p in used):
+        raise ConfigError(f"extractor.args.embed_from: every stage up to {extractor.embed_from!r} is in "
+                          "freeze_layers, so training would never change the embedding; name a later stage, or "
+                          "freeze fewer layers.")
+
+
 def _build_module(cfg: Mapping, data):
     """The LightningModule: extractor, criterion (sized from the extractor and the training labels), metrics,
     optimizer and scheduler factories, the frozen-backbone warm-up."""
@@ -87,11 +103,16 @@ def _build_module(cfg: Mapping, data):
 
     extractor = builders.build_extractor(cfg)
     # the loss sees `training_features` (the embeddings themselves unless extractor.args.embed_from)
+    if hasattr(extractor, "training_features") != hasattr(extractor, "training_dim"):
+        raise ConfigError(f"extractor: {cfg['extractor']['name']} has only one of `training_features` and "
+                          "`training_dim`; give both (what the loss sees and its size) or neither.")
     feat_dim = getattr(extractor, "training_dim", getattr(extractor, "feat_dim", None))
     if isinstance(feat_dim, bool) or not isinstance(feat_dim, int) or feat_dim < 1:
         raise ConfigError(f"extractor: {cfg['extractor']['name']} has no `feat_dim` (the size of its embeddings, a "
-                          f"positive int; got {feat_dim!r}), which sizes the criterion; give the class a `feat_dim` "
-                          "attribute or property, or subclass lookalike.models.Extractor.")
+                          f"positive int; got {feat_dim!r}; `training_dim` where the loss sees other features), "
+                          "which sizes the criterion; give the class a `feat_dim` attribute or property, or "
+                          "subclass lookalike.models.Extractor.")
+    _check_embedding_trains(cfg, extractor)
     criterion = builders.build_criterion(cfg, feat_dim, data.train.labels, data.label2category)
     if not isinstance(criterion, torch.nn.Module):
         raise ConfigError(f"criterion: {cfg['criterion']['name']} must be a torch.nn.Module with "

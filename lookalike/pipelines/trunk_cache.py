@@ -4,8 +4,9 @@ instead of once per step.
 At the first training step (inside the training clock, so ``max_minutes`` counts it) the frozen trunk encodes every
 training image, resized as for validation, into feature maps kept in memory (fp16). Each step then takes its rows'
 maps, applies the training transform's random resized crops to the maps (`random_resized_crop_maps`: the same crop
-distribution, resampled on the maps instead of the pixels) and runs only the rest of the network. Validation,
-checkpoints and everything downstream see the whole extractor, unchanged. Pixel-level augmentations (flips,
+distribution, resampled on the maps instead of the pixels) and runs only the rest of the network, up to what the
+loss sees (`Extractor.training_features`). Validation, checkpoints and everything downstream see the whole
+extractor, unchanged. Pixel-level augmentations (flips,
 rotations, colour jitter) have no equivalent on maps and are refused by `check_cacheable_transforms`.
 """
 
@@ -84,7 +85,7 @@ def check_cacheable_transforms(cfg: Mapping) -> None:
 
 class FrozenTrunkCache:
     """The frozen trunk's feature maps of every training image, built once; `features` turns a batch of row
-    positions into the extractor's embeddings of randomly cropped maps. Not a module: the trunk and the rest
+    positions into the extractor's training features (its embeddings unless `embed_from`) of randomly cropped maps. Not a module: the trunk and the rest
     share the extractor's modules, which the LightningModule owns (and checkpoints) once."""
 
     #: the maps' storage type: half the memory of fp32, and rounding far below what training notices

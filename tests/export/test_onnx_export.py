@@ -219,4 +219,17 @@ def test_an_embed_from_extractor_exports_its_embedding_without_the_projection(tm
     path = to_onnx(model, tmp_path / "m.onnx", image_size=SIZE, parity_samples=16, verbose=False, **STATS)
     report = json.loads(parity_path(path).read_text())
     assert report["passed"], report["problems"]
-    assert read_metadata(path).feat_dim == model.feat_dim
+    images = torch.randn(3, 3, SIZE, SIZE)
+    served = np.asarray(OnnxModel(path, threads=1)(images))
+    with torch.no_grad():
+        expected = model.eval()(images).numpy()
+    assert served.shape == (3, model.feat_dim) and read_metadata(path).feat_dim == model.feat_dim
+    np.testing.assert_allclose(served, expected, atol=1e-5)  # the stage's pooled output, not the 8-d head
+
+
+def test_a_declared_feat_dim_that_is_not_the_output_is_refused(tmp_path):
+    model = tiny_cnn()
+    model._feat_dim += 1
+    with pytest.raises(ExportError, match="declares feat_dim=.* but returns"):
+        to_onnx(model, tmp_path / "m.onnx", image_size=SIZE, verbose=False, **STATS)
+    assert not (tmp_path / "m.onnx").exists()

@@ -172,9 +172,24 @@ def test_embed_from_leaves_batchnorm_statistics_alone_and_refuses_unknown_stages
     torch.manual_seed(0)
     before = SmallCNNExtractor((8, 16)).state_dict()
     torch.manual_seed(0)
-    after = SmallCNNExtractor((8, 16), embed_from="backbone.0").state_dict()  # sizing the embedding runs a probe
+    tapped = SmallCNNExtractor((8, 16), embed_from="backbone.0")  # sizing the embedding runs a probe
+    after = tapped.state_dict()
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert all(module.training for module in tapped.modules())  # the probe's eval mode does not leak
     with pytest.raises(LookalikeError, match=r"'blocks\.6' is not a stage.*backbone\.net\.blocks\.6"):
         TimmExtractor("tf_efficientnet_lite0", embed_from="blocks.6")
     with pytest.raises(LookalikeError, match="embed_from needs a backbone that is a plain sequence"):
         TimmExtractor("vit_tiny_patch16_224", img_size=32, embed_from="backbone.net.blocks.0")
+    with pytest.raises(LookalikeError, match=r"embed_from: 'backbone\.7': a 128 px image does not pass"):
+        SmallCNNExtractor((4,) * 8, embed_from="backbone.7")  # eight 2x poolings: nothing left of 128 px
+
+
+def test_embed_from_pools_as_the_extractor_pools():
+    torch.manual_seed(0)
+    model = ResNetExtractor("resnet18", pooling="gem", embed_from="backbone.0.6").eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = model.backbone[0][:7](images)
+        p = float(model.backbone[1].p)
+        expected = maps.clamp(min=1e-6).pow(p).mean(dim=(2, 3)).pow(1 / p)  # GeM by hand
+        assert p != 1.0 and torch.allclose(model(images), torch.nn.functional.normalize(expected, dim=1), atol=1e-5)

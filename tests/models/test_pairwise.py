@@ -131,3 +131,18 @@ def test_the_trunk_of_a_timm_cnn_gives_its_feature_maps():
         assert maps.shape == (2, channels, 2, 2) and channels == 1280
         # the same body as the extractor's: average-pooling its maps is the backbone's pooled output
         assert torch.allclose(maps.mean(dim=(2, 3)), extractor.backbone(images), atol=1e-5)
+
+
+
+def test_under_embed_from_the_trunk_stops_where_the_embedding_does():
+    pytest.importorskip("timm")
+    from lookalike.models import TimmExtractor
+
+    extractor = TimmExtractor("tf_efficientnet_lite0", embedding_dim=8, embed_from="backbone.net.blocks.6").eval()
+    trunk, channels = conv_trunk(extractor)
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        maps = trunk(images)
+        assert channels == extractor.feat_dim == 320  # not conv_head's 1280: that is the training-only projection
+        assert torch.allclose(torch.nn.functional.normalize(maps.mean(dim=(2, 3)), dim=1), extractor(images),
+                              atol=1e-5)

@@ -94,3 +94,22 @@ def test_killed_and_resumed_cached_run_equals_an_uninterrupted_one(dataset, tmp_
     b = torch.load(resumed["last_checkpoint"], weights_only=True)["state_dict"]
     for key, value in a.items():
         assert torch.equal(value, b[key]), key
+
+
+def test_cached_trunk_under_embed_from_trains_the_projection_as_the_full_network_does(dataset, tmp_path, monkeypatch):
+    """embed_from with a cached trunk (the shipped pretrained recipe's set-up): the cached steps compute what the
+    loss sees through the projection, exactly as the uncached ones; an embedding that no training could change
+    (every stage up to it frozen) is refused."""
+    from lookalike.pipelines.trunk_cache import FrozenTrunkCache
+
+    arcface = {**TRIPLET, "sampler": None, "criterion": {"name": "arcface", "args": {}}}
+    common = dict(max_epochs=2, freeze_layers="[backbone.0]", transforms_train=NO_PIXEL_AUGMENTATION, bs_train=16,
+                  extractor="{name: small_cnn, args: {embed_from: backbone.1}}")
+    plain = train(arcface, tiny(dataset, tmp_path, run_name="plain", **common))
+    monkeypatch.setattr(FrozenTrunkCache, "dtype", torch.float32)
+    cached = train(arcface, tiny(dataset, tmp_path, run_name="cached", cache_frozen_trunk="true", **common))
+    assert _losses(cached["run_dir"]) == pytest.approx(_losses(plain["run_dir"]), rel=1e-5)
+    assert cached["metrics_flat"]["OVERALL/cmc/1"] == pytest.approx(plain["metrics_flat"]["OVERALL/cmc/1"], abs=1e-6)
+    with pytest.raises(ConfigError, match="every stage up to 'backbone.0' is in freeze_layers"):
+        train(arcface, tiny(dataset, tmp_path, run_name="bad", **{
+            **common, "extractor": "{name: small_cnn, args: {embed_from: backbone.0}}"}))
