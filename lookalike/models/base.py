@@ -23,9 +23,9 @@ class Extractor(nn.Module):
     covers the head too. Subclasses only build the backbone.
 
     `embed_from` (a stage of `backbone_stages`, e.g. ``backbone.net.blocks.6``) takes the embedding from that
-    stage's globally averaged output instead; the later stages, the pooling and the head then form a projection
-    that only the training loss sees (`training_features`), as SimCLR discards its projection head: features
-    before it carry over better to labels never trained on.
+    stage's output, pooled as the extractor pools, instead; the later stages, the pooling and the head then form a
+    projection that only the training loss sees (`training_features`), as SimCLR discards its projection head:
+    features before it carry over better to labels never trained on.
     """
 
     def __init__(self, backbone: nn.Module, backbone_dim: int, *, embedding_dim: int | None = None,
@@ -39,6 +39,7 @@ class Extractor(nn.Module):
         self._feat_dim = self._training_dim
         self.embed_from: str | None = None
         self._embed_names: list[str] = []  # looked up at each call: a stage replaced later is followed
+        self._embed_pool: list[Callable[[Tensor], Tensor]] = []  # a plain list: the pooling is registered already
         if embed_from is not None:
             self._tap(str(embed_from))
         if weights is not None:
@@ -99,6 +100,7 @@ class Extractor(nn.Module):
             raise LookalikeError(f"embed_from: {name!r}: a 128 px image does not pass through the stages up to it "
                                  f"({str(exc).splitlines()[0]}).") from None
         self.embed_from = name
+
     def load_weights(self, weights: str | os.PathLike) -> str:
         """Load a checkpoint file, or "zoo:<name>" from the model zoo (hash-checked), and return one line saying
         what was loaded. A file of this extractor's keys loads whole; a plain backbone state dict (a torchvision
@@ -134,7 +136,8 @@ class Extractor(nn.Module):
         """``(trunk, rest)`` with ``rest(trunk(images)) == self.training_features(images)`` (the embeddings, unless
         `embed_from`): ``trunk`` runs the stages ``names`` (extractor-level module names, e.g.
         ``backbone.net.blocks.0``), which must be the backbone's first stages, ``rest`` runs the others (none when
-        every stage is named), the pooling, the head and the normalisation. Both share this extractor's modules. Lets training compute a frozen trunk's output once per image instead of once per step."""
+        every stage is named), the pooling, the head and the normalisation. Both share this extractor's modules.
+        Lets training compute a frozen trunk's output once per image instead of once per step."""
         from lookalike.errors import LookalikeError
 
         described = self.backbone_stages()
