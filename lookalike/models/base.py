@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Extractor", "Stages"]
+__all__ = ["Extractor", "Stages", "blank_forward"]
 
 #: a backbone as a plain sequence: its stages in order (extractor-level module names) and the pooling after them
 Stages = tuple[list[tuple[str, nn.Module]], Callable[[Tensor], Tensor]]
@@ -94,8 +94,9 @@ class Extractor(nn.Module):
                                  f"stages: {', '.join(order)}.")
         self._embed_names = order[:order.index(name) + 1]
         self._embed_pool = [pool]  # the extractor's own pooling (a module it holds, or a bound method)
+        tapped = [module for _, module in stages[:len(self._embed_names)]]
         try:
-            self._feat_dim = _output_width([module for _, module in stages[:len(self._embed_names)]], pool)
+            self._feat_dim = int(blank_forward([*tapped, pool], 128).shape[-1])
         except (RuntimeError, ValueError) as exc:
             raise LookalikeError(f"embed_from: {name!r}: a 128 px image does not pass through the stages up to it "
                                  f"({str(exc).splitlines()[0]}).") from None
@@ -165,26 +166,26 @@ class Extractor(nn.Module):
         self.backbone.requires_grad_(True)
 
 
-def _output_width(stages: list[nn.Module], pool: Callable[[Tensor], Tensor]) -> int:
-    """Width of the pooled output of `stages`, from one blank 128 px image run in eval mode on the parameters'
-    device and dtype (BatchNorm statistics and training flags untouched)."""
-    first = next((p for stage in stages for p in stage.parameters()), None)
-    modes = [(module, module.training) for stage in stages for module in stage.modules()]
-    if isinstance(pool, nn.Module):
-        modes += [(module, module.training) for module in pool.modules()]
+def blank_forward(parts: Sequence[Callable[[Tensor], Tensor]], height: int, width: int | None = None) -> Tensor:
+    """``parts`` applied in turn to one blank image (1, 3, height, width), without gradients, in eval mode on the
+    parameters' device and dtype: the output size of a network's piece without touching its BatchNorm statistics.
+    The training flags of every module involved (a bound method's owner too) are restored."""
+    owners = [part if isinstance(part, nn.Module) else getattr(part, "__self__", None) for part in parts]
+    modules = [module for owner in owners if isinstance(owner, nn.Module) for module in owner.modules()]
+    first = next((p for module in modules for p in module.parameters(recurse=False)), None)
+    saved = [(module, module.training) for module in modules]
     try:
-        for module, _ in modes:
+        for module, _ in saved:
             module.training = False
         with torch.no_grad():
-            maps = torch.zeros(1, 3, 128, 128, device=first.device if first is not None else "cpu",
-                               dtype=first.dtype if first is not None else torch.float32)
-            for stage in stages:
-                maps = stage(maps)
-            width = pool(maps).shape[-1]
+            x = torch.zeros(1, 3, height, width or height, device=first.device if first is not None else "cpu",
+                            dtype=first.dtype if first is not None else torch.float32)
+            for part in parts:
+                x = part(x)
     finally:
-        for module, training in modes:
+        for module, training in saved:
             module.training = training
-    return int(width)
+    return x
 
 
 class _Rest(nn.Module):

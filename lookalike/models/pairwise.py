@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from lookalike.errors import CheckpointError, LookalikeError
+from lookalike.models.base import blank_forward
 
 __all__ = ["PairwiseModel", "EmbeddingPairClassifier", "ImagePairClassifier", "PAIRWISE_MODELS",
            "build_pairwise_model", "load_pairwise_model", "save_pairwise_model", "saved_pairwise_spec"]
@@ -177,17 +178,11 @@ def conv_trunk(extractor: nn.Module) -> tuple[nn.Module, int]:
     else:
         raise LookalikeError(f"{type(extractor).__name__} has no convolutional body to take feature maps from; "
                              "the image pairwise model needs a CNN extractor (resnet, small_cnn, timm CNNs).")
-    first = next(trunk.parameters(), None)
-    with torch.no_grad():
-        was = trunk.training
-        trunk.eval()
-        try:
-            maps = trunk(torch.zeros(1, 3, 64, 64, device=first.device if first is not None else "cpu"))
-        except (AssertionError, RuntimeError) as exc:
-            raise LookalikeError(f"{type(extractor).__name__}: its body does not take a 64 px image ({exc}); the "
-                                 "image pairwise model needs a CNN extractor.") from None
-        finally:
-            trunk.train(was)
+    try:
+        maps = blank_forward([trunk], 64)
+    except (AssertionError, RuntimeError) as exc:
+        raise LookalikeError(f"{type(extractor).__name__}: its body does not take a 64 px image ({exc}); the "
+                             "image pairwise model needs a CNN extractor.") from None
     if maps.ndim != 4:
         raise LookalikeError(f"{type(extractor).__name__}: its body returns shape {tuple(maps.shape)}, not feature "
                              "maps (B, C, h, w) (a transformer?); the image pairwise model needs a CNN extractor.")

@@ -6,8 +6,8 @@ training image, resized as for validation, into feature maps kept in memory (fp1
 maps, applies the training transform's random resized crops to the maps (`random_resized_crop_maps`: the same crop
 distribution, resampled on the maps instead of the pixels) and runs only the rest of the network, up to what the
 loss sees (`Extractor.training_features`). Validation, checkpoints and everything downstream see the whole
-extractor, unchanged. Pixel-level augmentations (flips,
-rotations, colour jitter) have no equivalent on maps and are refused by `check_cacheable_transforms`.
+extractor, unchanged. Pixel-level augmentations (flips, rotations, colour jitter) have no equivalent on maps and
+are refused by `check_cacheable_transforms`.
 """
 
 from __future__ import annotations
@@ -85,8 +85,9 @@ def check_cacheable_transforms(cfg: Mapping) -> None:
 
 class FrozenTrunkCache:
     """The frozen trunk's feature maps of every training image, built once; `features` turns a batch of row
-    positions into the extractor's training features (its embeddings unless `embed_from`) of randomly cropped maps. Not a module: the trunk and the rest
-    share the extractor's modules, which the LightningModule owns (and checkpoints) once."""
+    positions into the extractor's training features (its embeddings unless `embed_from`) of randomly cropped maps.
+    Not a module: the trunk and the rest share the extractor's modules, which the LightningModule owns (and
+    checkpoints) once."""
 
     #: the maps' storage type: half the memory of fp32, and rounding far below what training notices
     dtype = torch.float16
@@ -150,17 +151,16 @@ def _check_memory(trunk: torch.nn.Module, images: Dataset, processes: int = 1) -
     total = _physical_memory()
     if total is None or not len(images):
         return
-    was_training = trunk.training
-    with torch.no_grad():
-        shape = tuple(trunk.eval()(images[0]["input"][None]).shape[1:])
-    trunk.train(was_training)
+    from lookalike.models.base import blank_forward
+
+    shape = tuple(blank_forward([trunk], *images[0]["input"].shape[-2:]).shape[1:])
     need = int(torch.Size(shape).numel()) * torch.finfo(FrozenTrunkCache.dtype).bits // 8 * len(images) * processes
     if need > MEMORY_SHARE * total:
         copies = f" ({processes} processes, a copy each)" if processes > 1 else ""
         raise ConfigError(f"cache_frozen_trunk: the feature maps of {len(images)} training images ({shape} each) "
                           f"need {need / 2**30:.1f} GiB{copies}, over half of this machine's {total / 2**30:.1f} GiB; "
-                          "freeze "
-                          "more stages (later maps are smaller), lower image_size, or set cache_frozen_trunk: false.")
+                          "freeze more stages (later maps are smaller), lower image_size, or set "
+                          "cache_frozen_trunk: false.")
 
 
 def build_trunk_cache(cfg: Mapping, extractor: Any, train_table: Any) -> FrozenTrunkCache:
