@@ -46,17 +46,11 @@ class MixStyle(nn.Module):
         return (content * mixed_sig + mixed_mu).to(dtype)
 
 
-def attach_mixstyle(model: nn.Module, layers: Sequence[str], mixstyle: MixStyle) -> list:
-    """Apply ``mixstyle`` to the outputs of the submodules ``layers`` of ``model`` (forward hooks; returns their
-    handles). ``mixstyle.training`` decides whether it acts, so it can be owned by a training wrapper whose
-    train / eval switching it follows, whatever mode the hooked layers are in (frozen layers stay in eval)."""
-    named = dict(model.named_modules())
-    missing = [name for name in layers if name not in named]
-    if missing:
-        shown = ", ".join(n for n in list(named)[1:13])
-        raise LookalikeError(f"mixstyle_layers: {missing} are not modules of the extractor; modules include: "
-                             f"{shown} ...")
-    return [named[name].register_forward_hook(_MixOutput(mixstyle)) for name in layers]
+def attach_mixstyle(layers: Sequence[nn.Module], mixstyle: MixStyle) -> list:
+    """Apply ``mixstyle`` to the outputs of the modules ``layers`` (forward hooks; returns their handles).
+    ``mixstyle.training`` decides whether it acts, so it can be owned by a training wrapper whose train / eval
+    switching it follows, whatever mode the hooked layers are in (frozen layers stay in eval)."""
+    return [layer.register_forward_hook(_MixOutput(mixstyle)) for layer in layers]
 
 
 class _MixOutput:

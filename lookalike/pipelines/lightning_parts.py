@@ -42,9 +42,10 @@ def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
-def frozen_modules(extractor: torch.nn.Module, names: Sequence[str]) -> list[torch.nn.Module]:
-    """The extractor's submodules named by ``names`` (``freeze_layers``, e.g. ``backbone.net.blocks.0``);
-    ConfigError for a name that is not a module, listing the modules at that level."""
+def named_submodules(extractor: torch.nn.Module, names: Sequence[str], key: str = "freeze_layers"
+                     ) -> list[torch.nn.Module]:
+    """The extractor's submodules named by ``names`` (config ``key``: ``freeze_layers``, ``mixstyle_layers``; e.g.
+    ``backbone.net.blocks.0``); ConfigError for a name that is not a module, listing the modules at that level."""
     from lookalike.errors import ConfigError
 
     named = dict(extractor.named_modules())
@@ -53,7 +54,7 @@ def frozen_modules(extractor: torch.nn.Module, names: Sequence[str]) -> list[tor
             parent = name.rsplit(".", 1)[0] if "." in name else ""
             parent = parent if parent in named else ""
             level = [n for n in named if n and (n.rsplit(".", 1)[0] if "." in n else "") == parent]
-            raise ConfigError(f"freeze_layers: {name!r} is not a module of the extractor; modules "
+            raise ConfigError(f"{key}: {name!r} is not a module of the extractor; modules "
                               f"{'in ' + repr(parent) if parent else 'at the top'}: {', '.join(level[:16])}"
                               f"{' ...' if len(level) > 16 else ''}.")
     return [named[name] for name in names]
@@ -103,11 +104,12 @@ class ExtractorModule(pl.LightningModule):
             from lookalike.models.mixstyle import attach_mixstyle
 
             self.mixstyle, layers = mixstyle
-            self._mixstyle_hooks = attach_mixstyle(extractor, layers, self.mixstyle)
+            self._mixstyle_hooks = attach_mixstyle(named_submodules(extractor, layers, "mixstyle_layers"),
+                                                   self.mixstyle)
         self.optimizer_factory = optimizer_factory
         self.scheduler_factory = scheduler_factory
         self.freeze_backbone_epochs = int(freeze_backbone_epochs)
-        self.frozen_modules = frozen_modules(extractor, freeze_layers)
+        self.frozen_modules = named_submodules(extractor, freeze_layers)
         for module in self.frozen_modules:  # before any DDP wrapping: DDP then never expects their gradients
             module.requires_grad_(False)
         self._backbone = [backbone if backbone is not None else extractor]

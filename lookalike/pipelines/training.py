@@ -80,12 +80,12 @@ def _sampler_probe(cfg: Mapping, data):
 def _check_embedding_trains(cfg: Mapping, extractor) -> None:
     """Refuses an `embed_from` whose stages are all in `freeze_layers`: the embedding would never change, and the
     checkpoint picked by the validation metric would be arbitrary."""
-    from lookalike.pipelines.lightning_parts import frozen_modules
+    from lookalike.pipelines.lightning_parts import named_submodules
 
     stages = getattr(extractor, "embedding_stages", None) or []
     if not stages or not cfg["freeze_layers"]:
         return
-    frozen = {id(p) for module in frozen_modules(extractor, cfg["freeze_layers"]) for p in module.parameters()}
+    frozen = {id(p) for module in named_submodules(extractor, cfg["freeze_layers"]) for p in module.parameters()}
     used = [p for name in stages for p in extractor.get_submodule(name).parameters()]
     if used and all(id(p) in frozen for p in used):
         raise ConfigError(f"extractor.args.embed_from: every stage up to {extractor.embed_from!r} is in "

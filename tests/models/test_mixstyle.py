@@ -41,7 +41,7 @@ def test_mixstyle_is_the_identity_in_eval_mode_and_at_p_zero():
 def test_attach_follows_the_owner_mode_not_the_hooked_layer_mode():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Conv2d(4, 4, 3))
     mix = MixStyle(p=1.0)
-    attach_mixstyle(net, ["0"], mix)
+    attach_mixstyle([net[0]], mix)
     net.eval()  # e.g. a frozen layer
     x = torch.randn(4, 3, 9, 9)
     mix.eval()
@@ -49,5 +49,3 @@ def test_attach_follows_the_owner_mode_not_the_hooked_layer_mode():
     mix.train()
     torch.manual_seed(0)
     assert not torch.allclose(net(x), reference)
-    with pytest.raises(LookalikeError, match=r"mixstyle_layers: \['9'\] are not modules"):
-        attach_mixstyle(net, ["9"], mix)

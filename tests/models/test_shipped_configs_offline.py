@@ -31,6 +31,6 @@ def test_shipped_config_builds_its_extractor_offline(name, monkeypatch, tmp_path
     extractor = build_extractor(cfg)
     assert extractor.feat_dim > 0
     assert list(tmp_path.iterdir()) == []
-    from lookalike.pipelines.lightning_parts import frozen_modules
+    from lookalike.pipelines.lightning_parts import named_submodules
 
-    assert len(frozen_modules(extractor, cfg["freeze_layers"])) == len(cfg["freeze_layers"])  # names that exist
+    assert len(named_submodules(extractor, cfg["freeze_layers"])) == len(cfg["freeze_layers"])  # names that exist
