@@ -26,10 +26,15 @@ class ArcFaceLoss(nn.Module):
 
     Where theta + m would pass pi, the usual linear extension cos(theta) - m*sin(m) keeps the logit monotone.
     `label_smoothing` spreads that mass over the allowed classes (all, or the sample's category).
-    `last_logs`: `loss` and `accuracy` (top-1 of the head on the plain cosines).
+    Margin warm-up: with `m_start` and `m_ramp=[first, last]` (epochs) the margin is `m_start` until epoch
+    `first`, grows linearly to `m` at epoch `last` and stays there, so that a margin too large to converge from
+    a fresh head is reached once the classes are apart; the training loop reports progress with `set_epoch`
+    (fractional epochs; the pipelines call it every step).
+    `last_logs`: `loss`, `accuracy` (top-1 of the head on the plain cosines) and, with a warm-up, `margin`.
     """
 
     def __init__(self, in_features: int, num_classes: int, *, m: float = 0.5, s: float = 64.0,
+                 m_start: float | None = None, m_ramp: Sequence[float] | None = None,
                  label_smoothing: float = 0.0, label2category: Mapping | None = None,
                  labels: Iterable[int] | None = None, reduction: str = "mean") -> None:
         super().__init__()
@@ -40,9 +45,11 @@ class ArcFaceLoss(nn.Module):
         if not 0.0 <= m < math.pi / 2 or s <= 0:
             raise LookalikeError(f"ArcFace needs a margin 0 <= m < pi/2 (radians, 0.5 is usual) and a scale s > 0, "
                                  f"got m={m}, s={s}")
+        self.m_start, self.m_ramp = self._check_warmup(m_start, m_ramp)
         ids = self._label_ids(num_classes, labels, label2category)
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.m, self.s, self.label_smoothing, self.reduction = float(m), float(s), float(label_smoothing), reduction
+        self.epoch = 0.0
         self.weight = nn.Parameter(torch.empty(num_classes, in_features))
         nn.init.xavier_uniform_(self.weight)
         self.register_buffer("label_ids", torch.as_tensor(ids, dtype=torch.long), persistent=True)
@@ -58,6 +65,35 @@ class ArcFaceLoss(nn.Module):
         else:
             self.register_buffer("class_category", None)
         self.last_logs: dict[str, float] = {}
+
+    @staticmethod
+    def _check_warmup(m_start: float | None, m_ramp: Sequence[float] | None) -> tuple[float | None, tuple | None]:
+        if m_start is None and m_ramp is None:
+            return None, None
+        if m_start is None or m_ramp is None:
+            raise LookalikeError("ArcFace margin warm-up needs both m_start (the first margin) and m_ramp "
+                                 "([first, last] epoch of the linear ramp to m), e.g. m_start: 0.3, m_ramp: [1, 8]; "
+                                 f"got m_start={m_start!r}, m_ramp={m_ramp!r}.")
+        if isinstance(m_start, bool) or not isinstance(m_start, (int, float)) or not 0.0 <= m_start < math.pi / 2:
+            raise LookalikeError(f"ArcFace m_start must be a margin in [0, pi/2), got {m_start!r}.")
+        ramp = list(m_ramp) if isinstance(m_ramp, (list, tuple)) else None
+        if (ramp is None or len(ramp) != 2 or any(isinstance(e, bool) or not isinstance(e, (int, float)) for e in ramp)
+                or not 0 <= ramp[0] < ramp[1]):
+            raise LookalikeError(f"ArcFace m_ramp must be [first, last] epochs with 0 <= first < last, got {m_ramp!r}.")
+        return float(m_start), (float(ramp[0]), float(ramp[1]))
+
+    def set_epoch(self, epoch: float) -> None:
+        """Training progress in (fractional) epochs, which sets the margin under a warm-up."""
+        self.epoch = float(epoch)
+
+    @property
+    def margin(self) -> float:
+        """The margin in force: `m`, or under a warm-up the ramp's value at the current epoch."""
+        if self.m_ramp is None:
+            return self.m
+        first, last = self.m_ramp
+        t = min(1.0, max(0.0, (self.epoch - first) / (last - first)))
+        return self.m_start + (self.m - self.m_start) * t
 
     @staticmethod
     def _label_ids(num_classes: int, labels: Iterable[int] | None, label2category: Mapping | None) -> np.ndarray:
@@ -99,8 +135,9 @@ class ArcFaceLoss(nn.Module):
         cos = self.logits(features).clamp(-1.0, 1.0)
         cos_t = cos.gather(1, target[:, None])
         sin_t = (1.0 - cos_t.square()).clamp(min=1e-12).sqrt()
-        with_margin = cos_t * math.cos(self.m) - sin_t * math.sin(self.m)
-        threshold, fallback = math.cos(math.pi - self.m), math.sin(math.pi - self.m) * self.m
+        m = self.margin
+        with_margin = cos_t * math.cos(m) - sin_t * math.sin(m)
+        threshold, fallback = math.cos(math.pi - m), math.sin(math.pi - m) * m
         with_margin = torch.where(cos_t > threshold, with_margin, cos_t - fallback)
         logits = cos.scatter(1, target[:, None], with_margin) * self.s
 
@@ -121,6 +158,8 @@ class ArcFaceLoss(nn.Module):
             plain = cos.masked_fill(~allowed, -torch.inf) if allowed is not None else cos
             accuracy = (plain.argmax(1) == target).float().mean()
         self.last_logs = {"loss": float(per_sample.detach().mean()), "accuracy": float(accuracy)}
+        if self.m_ramp is not None:
+            self.last_logs["margin"] = m
         if self.reduction == "mean":
             return per_sample.mean()
         if self.reduction == "sum":
@@ -133,12 +172,14 @@ class ArcFaceLossWithMLP(ArcFaceLoss):
 
     # the arguments are spelled out (not **kwargs) so that pipelines see `labels` / `label2category` to fill
     def __init__(self, in_features: int, num_classes: int, *, mlp_features: Sequence[int] = (512,), m: float = 0.5,
-                 s: float = 64.0, label_smoothing: float = 0.0, label2category: Mapping | None = None,
+                 s: float = 64.0, m_start: float | None = None, m_ramp: Sequence[float] | None = None,
+                 label_smoothing: float = 0.0, label2category: Mapping | None = None,
                  labels: Iterable[int] | None = None, reduction: str = "mean") -> None:
         if not mlp_features:
             raise LookalikeError("ArcFaceLossWithMLP needs at least one size in mlp_features")
         mlp_features = [int(f) for f in mlp_features]
-        super().__init__(mlp_features[-1], num_classes, m=m, s=s, label_smoothing=label_smoothing,
+        super().__init__(mlp_features[-1], num_classes, m=m, s=s, m_start=m_start, m_ramp=m_ramp,
+                         label_smoothing=label_smoothing,
                          label2category=label2category, labels=labels, reduction=reduction)
         layers: list[nn.Module] = []
         for i, (c_in, c_out) in enumerate(zip((in_features, *mlp_features[:-1]), mlp_features)):

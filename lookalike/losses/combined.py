@@ -29,6 +29,12 @@ class WeightedSumLoss(nn.Module):
         self.weights = weights
         self.last_logs: dict[str, float] = {}
 
+    def set_epoch(self, epoch: float) -> None:
+        """Training progress, passed on to every term that follows it (e.g. ArcFace's margin warm-up)."""
+        for criterion in self.criteria:
+            if callable(getattr(criterion, "set_epoch", None)):
+                criterion.set_epoch(epoch)
+
     def forward(self, features: Tensor, labels: Tensor) -> Tensor:
         total, logs = None, {}
         for i, (criterion, weight) in enumerate(zip(self.criteria, self.weights)):

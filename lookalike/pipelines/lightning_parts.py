@@ -5,6 +5,7 @@ The callbacks are in ``callbacks.py``, the checkpoint writer in ``checkpoint_io.
 
 from __future__ import annotations
 
+import math
 import random
 from typing import Any, Callable, Mapping, Sequence
 
@@ -188,6 +189,7 @@ class ExtractorModule(pl.LightningModule):
         inputs = batch[schema.INPUT_KEY]
         features = self.training_features(inputs) if cache is None else cache.features(inputs, self.device)
         labels = batch[schema.LABEL_KEY]
+        self._report_progress(batch_idx)
         with torch.autocast(device_type=features.device.type, enabled=False):
             loss = self.criterion(features.float(), labels)
         n = len(labels)
@@ -204,6 +206,16 @@ class ExtractorModule(pl.LightningModule):
             self.log("lr_backbone", float(optimizer.param_groups[0]["lr"]), on_step=True, on_epoch=False,
                      batch_size=n)
         return loss
+
+    def _report_progress(self, batch_idx: int) -> None:
+        """The criterion's `set_epoch` (if it has one) gets the fractional epoch: schedules inside a loss
+        (ArcFace's margin warm-up) follow the steps, and a resumed run restarts them where it stopped."""
+        set_epoch = getattr(self.criterion, "set_epoch", None)
+        if not callable(set_epoch):
+            return
+        batches = self.trainer.num_training_batches if self._trainer is not None else float("inf")
+        fraction = batch_idx / batches if math.isfinite(batches) and batches > 0 else 0.0
+        set_epoch(self.current_epoch + fraction)
 
     # --- validation ---------------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:

@@ -163,3 +163,39 @@ def test_mlp_variant_spells_out_every_argument():
     criterion = ArcFaceLossWithMLP(4, 2, mlp_features=[6], labels=[40, 50], label2category={40: "a", 50: "b"})
     criterion(torch.randn(2, 4), torch.tensor([50, 40]))
     assert criterion.last_logs["accuracy"] == 1.0  # each category holds one label: always right
+
+
+def test_margin_warm_up_follows_the_epochs_and_equals_a_fixed_margin_at_each_point():
+    torch.manual_seed(5)
+    features, labels = torch.randn(9, 8), torch.randint(0, 4, (9,))
+    ramped = ArcFaceLoss(8, 4, m=0.7, s=16.0, m_start=0.3, m_ramp=[1, 5])
+    # before the ramp, a quarter of the way (epoch 2 of 1..5), at its end and after it
+    for epoch, expected_m in [(0.0, 0.3), (1.0, 0.3), (2.0, 0.4), (3.5, 0.55), (5.0, 0.7), (11.2, 0.7)]:
+        ramped.set_epoch(epoch)
+        assert ramped.margin == pytest.approx(expected_m)
+        expected = brute_force(features, labels.tolist(), ramped.weight.detach(), expected_m, 16.0)
+        assert float(ramped(features, labels).detach()) == pytest.approx(expected, rel=1e-5)
+        assert ramped.last_logs["margin"] == pytest.approx(expected_m)
+    fixed = ArcFaceLoss(8, 4, m=0.7)
+    fixed.set_epoch(0.0)
+    fixed(features, labels)
+    assert fixed.margin == 0.7 and "margin" not in fixed.last_logs
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"m_start": 0.3}, "needs both m_start"),
+    ({"m_ramp": [1, 8]}, "needs both m_start"),
+    ({"m_start": 1.7, "m_ramp": [1, 8]}, "m_start must be a margin"),
+    ({"m_start": 0.3, "m_ramp": [8, 1]}, "first < last"),
+    ({"m_start": 0.3, "m_ramp": [1]}, r"\[first, last\]"),
+    ({"m_start": 0.3, "m_ramp": "1-8"}, r"\[first, last\]"),
+])
+def test_margin_warm_up_refuses_incomplete_or_backwards_ramps(kwargs, message):
+    with pytest.raises(LookalikeError, match=message):
+        ArcFaceLoss(4, 2, m=0.5, **kwargs)
+
+
+def test_mlp_variant_passes_the_warm_up_on():
+    criterion = ArcFaceLossWithMLP(4, 2, mlp_features=[6], m=0.6, m_start=0.2, m_ramp=[0, 2])
+    criterion.set_epoch(1.0)
+    assert criterion.margin == pytest.approx(0.4)

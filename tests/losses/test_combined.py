@@ -42,3 +42,10 @@ def test_builds_from_a_config_block_with_each_term_sized_from_the_data():
         build_criterion({"criterion": bad}, feat_dim=16, labels=[5, 7], label2category=None)
     with pytest.raises(ConfigError, match="list of criterion blocks"):
         build_criterion({"criterion": {"name": "sum", "args": {}}}, feat_dim=16, labels=[5, 7], label2category=None)
+
+
+def test_passes_the_training_progress_to_the_terms_that_follow_it():
+    arcface = ArcFaceLoss(8, 4, m=0.6, s=30.0, m_start=0.2, m_ramp=[0, 4])
+    loss = WeightedSumLoss([arcface, TripletLossWithMiner(margin=0.2)])
+    loss.set_epoch(2.0)
+    assert arcface.margin == pytest.approx(0.4)

@@ -390,3 +390,14 @@ def test_embed_from_trains_through_the_projection_and_serves_the_earlier_stage(t
     assert after >= before + 0.1, (before, after)
     out = predict(result["run_dir"], ["accelerator=cpu", f"output_dir={tmp_path}", "run_name=p"])
     assert np.load(out / "embeddings.npy").shape[1] == 32  # the second stage's channels
+
+
+def test_arcface_margin_warm_up_follows_the_steps_of_a_run(dataset, tmp_path):
+    """The training step hands ArcFace the fractional epoch: with 3 batches an epoch and a ramp from 0.2 to 0.6
+    over epochs 0-2, the margins in force are 0.2, 0.267, 0.333 then 0.4, 0.467, 0.533 (logged as epoch means)."""
+    arcface = {**TRIPLET, "sampler": None,
+               "criterion": {"name": "arcface", "args": {"m": 0.6, "m_start": 0.2, "m_ramp": [0, 2]}}}
+    result = train(arcface, tiny(dataset, tmp_path, max_epochs=2, bs_train=16, run_name="ramp"))
+    history = json.loads((Path(result["run_dir"]) / "history.json").read_text())
+    margins = [history[str(epoch)]["train"]["train/margin"] for epoch in (1, 2)]
+    assert margins == pytest.approx([0.8 / 3, 1.4 / 3], abs=1e-6)
