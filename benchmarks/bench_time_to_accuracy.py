@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -120,7 +121,11 @@ def main() -> None:
     parser.add_argument("--pretrained", action="store_true",
                         help="both sides start from the same ImageNet EfficientNet-Lite0 weights")
     parser.add_argument("--record", action="store_true")
+    parser.add_argument("--keep-run", type=Path, default=None,
+                        help="copy lookalike's run folder (checkpoints, history, curves) here before it is deleted")
     args = parser.parse_args()
+    if args.keep_run is not None and args.keep_run.exists():
+        raise SystemExit(f"--keep-run {args.keep_run} exists already; name a new folder")
     if not (args.data / "df.csv").is_file():
         raise SystemExit(f"dataset not found: {args.data / 'df.csv'} (pass --data)")
     if not OML_PYTHON.exists():
@@ -137,6 +142,8 @@ def main() -> None:
         ours, final = lookalike_curve(args.data.resolve(), args.minutes, args.threads, tmp / "ours", recipe, period)
         ours_wall = time.perf_counter() - start
         print(curve_table("lookalike", ours), flush=True)
+        if args.keep_run is not None:
+            shutil.copytree(tmp / "ours" / "recipe", args.keep_run)
         weights = zoo_lite0_weights(tmp / "lite0.pth") if args.pretrained else None
         start = time.perf_counter()
         theirs = oml_curve(args.data.resolve(), args.minutes, args.threads, args.oml_eval_every, tmp / "oml",

@@ -26,10 +26,10 @@ class ArcFaceLoss(nn.Module):
 
     Where theta + m would pass pi, the usual linear extension cos(theta) - m*sin(m) keeps the logit monotone.
     `label_smoothing` spreads that mass over the allowed classes (all, or the sample's category).
-    Margin warm-up: with `m_start` and `m_ramp=[first, last]` (epochs) the margin is `m_start` until epoch
-    `first`, grows linearly to `m` at epoch `last` and stays there, so that a margin too large to converge from
-    a fresh head is reached once the classes are apart; the training loop reports progress with `set_epoch`
-    (fractional epochs; the pipelines call it every step).
+    Margin warm-up: with `m_start` and `m_ramp=[first, last]` (epochs counted from 0) the margin is `m_start`
+    until epoch `first`, grows linearly to `m` at epoch `last` and stays there, so that a margin too large to
+    converge from a fresh head is reached once the classes are apart; the training loop reports progress with
+    `set_epoch` (fractional epochs; the pipelines call it every step).
     `last_logs`: `loss`, `accuracy` (top-1 of the head on the plain cosines) and, with a warm-up, `margin`.
     """
 
@@ -45,7 +45,7 @@ class ArcFaceLoss(nn.Module):
         if not 0.0 <= m < math.pi / 2 or s <= 0:
             raise LookalikeError(f"ArcFace needs a margin 0 <= m < pi/2 (radians, 0.5 is usual) and a scale s > 0, "
                                  f"got m={m}, s={s}")
-        self.m_start, self.m_ramp = self._check_warmup(m_start, m_ramp)
+        self.m_start, self.m_ramp = self._check_warmup(m_start, m_ramp, m)
         ids = self._label_ids(num_classes, labels, label2category)
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.m, self.s, self.label_smoothing, self.reduction = float(m), float(s), float(label_smoothing), reduction
@@ -67,7 +67,8 @@ class ArcFaceLoss(nn.Module):
         self.last_logs: dict[str, float] = {}
 
     @staticmethod
-    def _check_warmup(m_start: float | None, m_ramp: Sequence[float] | None) -> tuple[float | None, tuple | None]:
+    def _check_warmup(m_start: float | None, m_ramp: Sequence[float] | None,
+                      m: float) -> tuple[float | None, tuple | None]:
         if m_start is None and m_ramp is None:
             return None, None
         if m_start is None or m_ramp is None:
@@ -80,6 +81,8 @@ class ArcFaceLoss(nn.Module):
         if (ramp is None or len(ramp) != 2 or any(isinstance(e, bool) or not isinstance(e, (int, float)) for e in ramp)
                 or not 0 <= ramp[0] < ramp[1]):
             raise LookalikeError(f"ArcFace m_ramp must be [first, last] epochs with 0 <= first < last, got {m_ramp!r}.")
+        if m_start > m:
+            raise LookalikeError(f"ArcFace m_start ({m_start}) is above m ({m}): the warm-up grows the margin up to m.")
         return float(m_start), (float(ramp[0]), float(ramp[1]))
 
     def set_epoch(self, epoch: float) -> None:

@@ -7,7 +7,7 @@ from typing import Mapping
 
 from lookalike.io import atomic_path
 
-__all__ = ["flatten_metrics", "metrics_table", "plot_history"]
+__all__ = ["curve_series", "flatten_metrics", "metrics_table", "plot_history"]
 
 
 def flatten_metrics(results: Mapping, prefix: str = "", sep: str = "/") -> dict[str, float]:
@@ -43,6 +43,24 @@ def metrics_table(results: Mapping[str, Mapping]) -> str:
     return "\n".join(lines)
 
 
+def curve_series(history: Mapping[str, Mapping]) -> dict[str, tuple[list[int], list[float]]]:
+    """The curves of a run's history, name -> (epochs, values): training logs and OVERALL validation metrics
+    (epochs as the run counts them: N = after N epochs, 0 = before training)."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for key, entry in history.items():
+        if not key.isdigit():
+            continue
+        for section in ("train", "val"):
+            for name, value in (entry.get(section) or {}).items():
+                # OVERALL metrics only; the query counts are the same every epoch, not a curve
+                if section == "val" and (not name.startswith("OVERALL/") or "/n_queries" in name):
+                    continue
+                xs, ys = series.setdefault(name, ([], []))
+                xs.append(int(key))
+                ys.append(value)
+    return series
+
+
 def plot_history(history: Mapping[str, Mapping], path: str | Path) -> Path | None:
     """Training loss and OVERALL validation metrics per epoch, one panel each, saved as a PNG (atomically)."""
     epochs = sorted((k for k in history if k.isdigit()), key=int)
@@ -53,18 +71,7 @@ def plot_history(history: Mapping[str, Mapping], path: str | Path) -> Path | Non
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    series: dict[str, tuple[list[float], list[float]]] = {}
-    for key, entry in history.items():
-        if not key.isdigit():
-            continue
-        x = int(key)  # epochs as the run counts them: N = after N epochs, 0 = before training
-        for section in ("train", "val"):
-            for name, value in (entry.get(section) or {}).items():
-                if section == "val" and not name.startswith("OVERALL/"):
-                    continue
-                xs, ys = series.setdefault(name, ([], []))
-                xs.append(x)
-                ys.append(value)
+    series = curve_series(history)
     if not series:
         return None
     names = sorted(series, key=lambda n: (not n.startswith("loss"), n))

@@ -182,6 +182,19 @@ def test_margin_warm_up_follows_the_epochs_and_equals_a_fixed_margin_at_each_poi
     assert fixed.margin == 0.7 and "margin" not in fixed.last_logs
 
 
+def test_margin_warm_up_uses_the_current_margin_beyond_pi():
+    """Half-way through a 0.3 -> 0.7 ramp the margin is 0.5, also in the linear extension past theta + m = pi."""
+    torch.manual_seed(4)
+    criterion = ArcFaceLoss(4, 3, m=0.7, s=16.0, m_start=0.3, m_ramp=[0, 2])
+    criterion.set_epoch(1.0)
+    w = criterion.weight.detach()
+    labels = torch.tensor([0, 1, 2, 0])
+    features = torch.stack([-w[0], -w[1] + 0.05 * w[2], w[2], -w[0] + 0.3 * w[1]])
+    expected = brute_force(features, labels.tolist(), w, 0.5, 16.0)
+    assert float(criterion(features, labels).detach()) == pytest.approx(expected, rel=1e-5)
+    assert expected != pytest.approx(brute_force(features, labels.tolist(), w, 0.7, 16.0), rel=1e-3)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     ({"m_start": 0.3}, "needs both m_start"),
     ({"m_ramp": [1, 8]}, "needs both m_start"),
@@ -189,6 +202,7 @@ def test_margin_warm_up_follows_the_epochs_and_equals_a_fixed_margin_at_each_poi
     ({"m_start": 0.3, "m_ramp": [8, 1]}, "first < last"),
     ({"m_start": 0.3, "m_ramp": [1]}, r"\[first, last\]"),
     ({"m_start": 0.3, "m_ramp": "1-8"}, r"\[first, last\]"),
+    ({"m_start": 0.6, "m_ramp": [1, 8]}, "above m"),
 ])
 def test_margin_warm_up_refuses_incomplete_or_backwards_ramps(kwargs, message):
     with pytest.raises(LookalikeError, match=message):

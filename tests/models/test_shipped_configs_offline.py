@@ -34,3 +34,8 @@ def test_shipped_config_builds_its_extractor_offline(name, monkeypatch, tmp_path
     from lookalike.pipelines.lightning_parts import named_submodules
 
     assert len(named_submodules(extractor, cfg["freeze_layers"])) == len(cfg["freeze_layers"])  # names that exist
+    from lookalike.pipelines.builders import build_criterion
+
+    # the criterion's arguments (e.g. a margin warm-up) pass the criterion's own checks
+    criterion = build_criterion(cfg, getattr(extractor, "training_dim", extractor.feat_dim), [0, 1, 2], None)
+    assert callable(criterion)

@@ -392,12 +392,18 @@ def test_embed_from_trains_through_the_projection_and_serves_the_earlier_stage(t
     assert np.load(out / "embeddings.npy").shape[1] == 32  # the second stage's channels
 
 
-def test_arcface_margin_warm_up_follows_the_steps_of_a_run(dataset, tmp_path):
+def test_arcface_margin_warm_up_follows_the_steps_of_a_run(dataset, tmp_path, monkeypatch):
     """The training step hands ArcFace the fractional epoch: with 3 batches an epoch and a ramp from 0.2 to 0.6
     over epochs 0-2, the margins in force are 0.2, 0.267, 0.333 then 0.4, 0.467, 0.533 (logged as epoch means)."""
     arcface = {**TRIPLET, "sampler": None,
                "criterion": {"name": "arcface", "args": {"m": 0.6, "m_start": 0.2, "m_ramp": [0, 2]}}}
     result = train(arcface, tiny(dataset, tmp_path, max_epochs=2, bs_train=16, run_name="ramp"))
     history = json.loads((Path(result["run_dir"]) / "history.json").read_text())
-    margins = [history[str(epoch)]["train"]["train/margin"] for epoch in (1, 2)]
+    margins = [history[str(epoch)]["train"]["train/margin"] for epoch in (1, 2)]  # history counts from 1
     assert margins == pytest.approx([0.8 / 3, 1.4 / 3], abs=1e-6)
+    # killed in the second epoch and resumed: the ramp picks up where the run stopped
+    killed_in_second_epoch(monkeypatch, lambda: train(arcface, tiny(dataset, tmp_path, max_epochs=2, bs_train=16,
+                                                                     run_name="killed")))
+    resumed = train(None, [], resume=tmp_path / "killed")
+    history = json.loads((Path(resumed["run_dir"]) / "history.json").read_text())
+    assert history["2"]["train"]["train/margin"] == pytest.approx(1.4 / 3, abs=1e-6)
