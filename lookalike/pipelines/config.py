@@ -195,10 +195,20 @@ def apply_overrides(cfg: dict, overrides: Iterable[str]) -> dict:
     return cfg
 
 
+def _yaml_types(value: Any) -> Any:
+    """Tuples as lists, nested: a config given as a Python dict is saved as YAML with the run, and YAML (safe
+    dump) has lists, not tuples."""
+    if isinstance(value, dict):
+        return {k: _yaml_types(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_yaml_types(v) for v in value]
+    return value
+
+
 def resolve_config(raw: Mapping, overrides: Iterable[str] = (), origin: str = "<dict>") -> dict:
     """Defaults + raw config + overrides, checked against SCHEMA (keys, types, choices); component names and
     arguments are checked later by ``check_components``. Raises one ConfigError listing every problem."""
-    cfg = copy.deepcopy(dict(raw))
+    cfg = _yaml_types(copy.deepcopy(dict(raw)))
     for name, key in SCHEMA.items():
         if name not in cfg and key.default is not REQUIRED:
             cfg[name] = copy.deepcopy(key.default)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from lookalike.errors import ConfigError
 from lookalike.pipelines import commands
@@ -228,3 +229,13 @@ def test_docs_hold_the_generated_config_reference():
     docs = (Path(__file__).resolve().parents[2] / "docs" / "pipelines.md").read_text()
     assert schema_markdown() in docs, "regenerate the table: python -c 'from lookalike.pipelines.config " \
                                       "import schema_markdown; print(schema_markdown())'"
+
+
+def test_a_python_config_with_tuples_is_saved_as_yaml_lists(tmp_path):
+    from lookalike.pipelines.runs import save_config
+
+    cfg = resolve_config(minimal(criterion={"name": "arcface", "args": {"m": 0.7, "m_start": 0.3, "m_ramp": (1, 8)}},
+                                 freeze_layers=("backbone.0",)))
+    assert cfg["criterion"]["args"]["m_ramp"] == [1, 8] and cfg["freeze_layers"] == ["backbone.0"]
+    saved = yaml.safe_load(save_config(cfg, tmp_path / "config.yaml").read_text())
+    assert saved["criterion"]["args"]["m_ramp"] == [1, 8]
