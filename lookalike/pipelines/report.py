@@ -63,17 +63,14 @@ def curve_series(history: Mapping[str, Mapping]) -> dict[str, tuple[list[int], l
 
 def plot_history(history: Mapping[str, Mapping], path: str | Path) -> Path | None:
     """Training loss and OVERALL validation metrics per epoch, one panel each, saved as a PNG (atomically)."""
-    epochs = sorted((k for k in history if k.isdigit()), key=int)
-    if not epochs:
+    series = curve_series(history)
+    if not series:
         return None
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    series = curve_series(history)
-    if not series:
-        return None
     names = sorted(series, key=lambda n: (not n.startswith("loss"), n))
     n = len(names)
     cols = min(3, n)

@@ -18,3 +18,8 @@ def test_curves_keep_overall_metrics_and_training_logs_only(tmp_path):
                       "train/margin": ([1, 2], [0.3, 0.5])}
     path = plot_history(history, tmp_path / "curves.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_no_curves_no_picture(tmp_path):
+    assert plot_history({"best": {"epoch": 1}, "0": {"val": {"Flags/cmc/1": 0.5}}}, tmp_path / "c.png") is None
+    assert not (tmp_path / "c.png").exists()
